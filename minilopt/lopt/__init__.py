@@ -1,0 +1,2 @@
+"""Learned optimizers: shared features, VeLO, checkpoints."""
+from . import features
