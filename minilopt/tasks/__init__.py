@@ -1,0 +1,49 @@
+"""Tasks and task families, all offline. `get(name)` and `family(name)` look them up."""
+from __future__ import annotations
+
+from . import data
+from .base import Task, TaskFamily
+from .conv import ConvTask, cnn_task, mnist1d_cnn
+from .families import ImageFamily, RandomFamily
+from .lm import CharLMTask, char_lm
+from .mlp import MLPTask, digits_logreg, digits_mlp, mlp_task, mnist1d_mlp
+from .quadratic import QuadraticFamily, QuadraticTask, noisy_quadratic, quadratic
+
+TASKS = {
+    "quadratic": quadratic,
+    "noisy_quadratic": noisy_quadratic,
+    "digits_logreg": digits_logreg,
+    "digits_mlp": digits_mlp,
+    "mnist1d_mlp": mnist1d_mlp,
+    "mnist1d_cnn": mnist1d_cnn,
+    "char_lm": char_lm,
+}
+
+FAMILIES = {
+    "quadratic": QuadraticFamily,
+    "digits_mlp": lambda **kw: ImageFamily("digits", "mlp", **kw),
+    "mnist1d_mlp": lambda **kw: ImageFamily("mnist1d", "mlp", **kw),
+    "mnist1d_cnn": lambda **kw: ImageFamily("mnist1d", "cnn", **kw),
+    "random": RandomFamily,
+}
+
+
+def _lookup(table: dict, kind: str, name: str):
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
+    return table[name]
+
+
+def get(name: str, **kwargs) -> Task:
+    """The task called `name`, e.g. get("digits_mlp", hidden=(128,))."""
+    return _lookup(TASKS, "task", name)(**kwargs)
+
+
+def family(name: str, **kwargs) -> TaskFamily:
+    """The task family called `name`, e.g. family("random")."""
+    return _lookup(FAMILIES, "task family", name)(**kwargs)
+
+
+__all__ = ["Task", "TaskFamily", "get", "family", "TASKS", "FAMILIES", "data", "quadratic", "noisy_quadratic",
+           "digits_logreg", "digits_mlp", "mnist1d_mlp", "mnist1d_cnn", "char_lm", "mlp_task", "cnn_task",
+           "QuadraticTask", "QuadraticFamily", "MLPTask", "ConvTask", "CharLMTask", "ImageFamily", "RandomFamily"]

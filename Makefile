@@ -1,0 +1,30 @@
+# Two commands: `make lab` opens the course, `make test` runs every test.
+# Both create ./.venv and install minilopt (editable, with the course extras) first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.minilopt-installed
+# Every test: unit tests, nbval over the lessons and the solutions, exercises in sync.
+TESTS  := tests notebooks solutions
+
+.PHONY: lab test setup exercises clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable ".[course]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/00_lesson_map.ipynb
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(TESTS) --nbval-lax -n 2 --dist loadfile
+
+exercises: $(STAMP)
+	$(BIN)/python -m minilopt.exercises
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
