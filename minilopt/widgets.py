@@ -33,8 +33,9 @@ class Explorer:
         self.render = render
         self.sliders = sliders
         self.image = widgets.Image(format="png")
+        self._busy = False
         for slider in sliders.values():
-            slider.observe(lambda _change: self.update(), names="value")
+            slider.observe(lambda _change: self._redraw(), names="value")
         self.box = widgets.VBox([*sliders.values(), self.image])
         self.update()
 
@@ -43,12 +44,20 @@ class Explorer:
 
     def update(self, **values) -> bytes:
         """Set any given slider values, redraw, and return the PNG bytes."""
-        for name, value in values.items():
+        for name in values:
             if name not in self.sliders:
                 raise ValueError(f"unknown slider {name!r}; this explorer has {sorted(self.sliders)}")
-            with self.sliders[name].hold_trait_notifications():
+        self._busy = True  # setting several sliders should redraw once, not once each
+        try:
+            for name, value in values.items():
                 self.sliders[name].value = value
-        self.image.value = figure_png(self.render(**self.values()))
+        finally:
+            self._busy = False
+        return self._redraw()
+
+    def _redraw(self) -> bytes:
+        if not self._busy:
+            self.image.value = figure_png(self.render(**self.values()))
         return self.image.value
 
     def _repr_mimebundle_(self, **kwargs):
