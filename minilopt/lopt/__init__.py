@@ -1,2 +1,3 @@
 """Learned optimizers: shared features, VeLO, checkpoints."""
 from . import features
+from .mlp import MLPLOpt
