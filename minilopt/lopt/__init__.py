@@ -1,3 +1,4 @@
 """Learned optimizers: shared features, VeLO, checkpoints."""
-from . import features
+from . import features, checkpoint
 from .mlp import MLPLOpt
+from .velo import VeLO, VeLOState, velo_optimizer, velo_step
