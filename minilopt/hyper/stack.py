@@ -1,0 +1,223 @@
+"""Hyperoptimizers: an optimizer's hyperparameters learned online by another optimizer.
+
+    hyperoptimize(inner, by=hyper)    # an optax GradientTransformationExtraArgs
+
+`inner` is any optimizer whose state carries its hyperparameters in
+`state.hyperparams`: a rule from `minilopt.hyper.rules`, or any optax optimizer
+wrapped with `optax.inject_hyperparams`. `by` is any optax optimizer, including
+another `hyperoptimize(...)`, so a tower has any height:
+
+    stack(rules.adam(1e-3), rules.sgd(1e-5), rules.sgd(1e-6))     # Adam / SGD / SGD
+    == hyperoptimize(rules.adam(1e-3), by=hyperoptimize(rules.sgd(1e-5), by=rules.sgd(1e-6)))
+
+One step of a level whose update is Δ = U(g, s; h) (Chandra et al. 2022):
+
+    1. Hypergradient. Pull today's gradient back through *yesterday's* update:
+           ∂f_t/∂h = vjp of  h ↦ U(g_{t−1}, s_{t−1}; h)  at h_{t−1}, cotangent g_t,
+       since w_t = w_{t−1} + U(g_{t−1}, s_{t−1}; h_{t−1}). Yesterday's inputs
+       (g_{t−1}, s_{t−1}, and the weights if U reads them) are stored constants: one
+       cheap vjp, no second-order terms. At the first step nothing has used h yet,
+       so the hypergradient is exactly 0 (and the hyper-optimizer still steps on it).
+    2. h_t = h_{t−1} + by.update(∂f_t/∂h). In a taller tower this call first computes
+       the next level's hypergradient from this one (bottom-up), and updates the
+       level above before this one (top-down).
+    3. Δ_t = U(g_t, s_t; h_t), with the new h.
+
+Memory: one gradient-sized copy and one inner state (yesterday's) per level.
+
+Faults: if the hypergradient or the new h is not finite, the level keeps its
+previous hyperparameters and its hyper-optimizer's state, and counts the step in
+`state.nonfinite`. NaN never reaches the weights through h.
+
+The wrapper must see raw gradients: put it first in an `optax.chain`.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .rules import RuleState, values
+
+
+class HyperState(NamedTuple):
+    inner: Any             # the inner state; its .hyperparams are those used at the last step
+    by: Any                # the hyper-optimizer's state (a HyperState again in a taller tower)
+    prev_grads: Any        # g_{t−1}
+    prev_inner: Any        # the inner state the last update started from
+    prev_params: Any       # the weights of the last update, or None if the rule never reads them
+    valid: jax.Array       # False before the first step: there is no previous update yet
+    hypergrad: dict        # the last hypergradient ∂f_t/∂h (read-out)
+    nonfinite: jax.Array   # steps whose hypergradient was not finite and were skipped (int32)
+
+
+_WRAP_HINT = ("wrap it with optax.inject_hyperparams, e.g. "
+              "hyperoptimize(optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), by=optax.sgd(1e-5)), "
+              "or use a rule from minilopt.hyper.rules")
+
+
+def learned_names(inner_state, learn=None) -> tuple[str, ...]:
+    """The names of the hyperparameters `hyperoptimize` learns, checked against the state.
+
+    learn=None: all of a minilopt rule's (raw) hyperparameters; "learning_rate" for an
+    optax optimizer (its other hyperparameters, such as eps, are rarely meant to move)."""
+    hp = getattr(inner_state, "hyperparams", None)
+    if not isinstance(hp, dict) or not hasattr(inner_state, "_replace"):
+        raise ValueError(f"hyperoptimize: the inner optimizer's state ({type(inner_state).__name__}) does not "
+                         f"carry its hyperparameters; {_WRAP_HINT}")
+    if learn is None:
+        if isinstance(inner_state, RuleState):
+            names = tuple(hp)
+        elif "learning_rate" in hp:
+            names = ("learning_rate",)
+        else:
+            raise ValueError(f"hyperoptimize: say which hyperparameters to learn, e.g. learn={tuple(hp)[:1]}; "
+                             f"this optimizer has {sorted(hp)}")
+    else:
+        names = (learn,) if isinstance(learn, str) else tuple(learn)
+    for name in names:
+        if name not in hp:
+            raise ValueError(f"hyperoptimize: unknown hyperparameter {name!r} in learn=; "
+                             f"this optimizer has {sorted(hp)}")
+        if not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in jax.tree.leaves(hp[name])):
+            raise ValueError(f"hyperoptimize: hyperparameter {name!r} is not floating point, so it has no "
+                             "gradient; integer hyperparameters are static: leave it out of learn=")
+    if not names:
+        raise ValueError("hyperoptimize: nothing to learn (learn=() or a rule without hyperparameters)")
+    return names
+
+
+def _reads_params(inner, params, state) -> bool:
+    """Does `inner.update` need the weights (e.g. weight decay)? Then they are stored too."""
+    try:
+        jax.eval_shape(lambda g, s: inner.update(g, s, None), params, state)
+        return False
+    except Exception:  # optax raises a ValueError when an update needs params it was not given
+        return True
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _select(ok, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None) -> optax.GradientTransformationExtraArgs:
+    """Learn `inner`'s hyperparameters online with the optimizer `by` (see the module doc).
+
+    inner: a minilopt rule, or an optax optimizer built with optax.inject_hyperparams.
+    by:    any optax optimizer, e.g. optax.sgd(1e-5), optax.adam(1e-3), or another hyperoptimize(...).
+    learn: names of the hyperparameters to learn (default: all of a rule's; an optax
+           optimizer's "learning_rate")."""
+    inner = optax.with_extra_args_support(inner)
+    by = optax.with_extra_args_support(by)
+
+    def learned(state):
+        return {name: state.hyperparams[name] for name in learned_names(state, learn)}
+
+    def with_hyperparams(state, h):
+        return state._replace(hyperparams={**state.hyperparams, **h})
+
+    def init(params):
+        inner_state = inner.init(params)
+        h = learned(inner_state)
+        return HyperState(
+            inner=inner_state,
+            by=by.init(h),
+            prev_grads=jax.tree.map(jnp.zeros_like, params),
+            prev_inner=inner_state,
+            prev_params=params if _reads_params(inner, params, inner_state) else None,
+            valid=jnp.zeros((), bool),
+            hypergrad=jax.tree.map(jnp.zeros_like, h),
+            nonfinite=jnp.zeros((), jnp.int32),
+        )
+
+    def update(grads, state, params=None, **extra_args):
+        h = learned(state.inner)
+
+        # 1. the hypergradient: g_t pulled back through the previous update, in h only
+        def previous_update(h):
+            return inner.update(state.prev_grads, with_hyperparams(state.prev_inner, h), state.prev_params)[0]
+
+        _, pullback = jax.vjp(previous_update, h)
+        (hypergrad,) = pullback(grads)
+        hypergrad = jax.tree.map(lambda x: jnp.where(state.valid, x, jnp.zeros_like(x)), hypergrad)
+        finite = _all_finite(hypergrad)
+        safe = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), hypergrad)
+
+        # 2. the level above steps first (and, in a tower, the levels above it before that)
+        dh, by_state = by.update(safe, state.by, h, **extra_args)
+        new_h = optax.apply_updates(h, dh)
+        ok = finite & _all_finite(new_h)
+        new_h, by_state = _select(ok, new_h, h), _select(ok, by_state, state.by)
+
+        # 3. this level's update, with the new hyperparameters
+        inner_in = with_hyperparams(state.inner, new_h)
+        updates, inner_state = inner.update(grads, inner_in, params, **extra_args)
+        return updates, HyperState(
+            inner=inner_state,
+            by=by_state,
+            prev_grads=grads,
+            prev_inner=inner_in,
+            prev_params=None if state.prev_params is None else params,
+            valid=jnp.ones((), bool),
+            hypergrad=hypergrad,
+            nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
+        )
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def stack(*levels) -> optax.GradientTransformationExtraArgs:
+    """A tower, written bottom-up like the paper: stack(adam(), sgd(1e-5)) is Adam / SGD.
+
+    The first level trains the weights, each next level trains the one below, and the
+    top level's hyperparameters stay constant. The top may be any optax optimizer."""
+    if not levels:
+        raise ValueError("stack needs at least one optimizer, e.g. stack(rules.sgd(0.01), rules.sgd(1e-4))")
+    tower = levels[-1]
+    for level in reversed(levels[:-1]):
+        tower = hyperoptimize(level, by=tower)
+    return optax.with_extra_args_support(tower)
+
+
+def _find_levels(state):
+    if isinstance(state, HyperState) or isinstance(getattr(state, "hyperparams", None), dict):
+        return state
+    if isinstance(state, (tuple, list)) and not hasattr(state, "_fields"):
+        for s in state:  # e.g. the state of optax.chain(hyperoptimize(...), clip)
+            found = _find_levels(s)
+            if found is not None:
+                return found
+    return None
+
+
+def hyperparams(state, raw: bool = False) -> list[dict]:
+    """Every level's current hyperparameters, bottom-up: [level 1, level 2, ...].
+
+    Values by default ({"alpha": 0.01}); raw=True gives the variables the hyper-steps
+    act on ({"sqrt_alpha": 0.1}). Works on any state, inside jit and scan: record it
+    every step to plot the trajectories."""
+    state, levels = _find_levels(state), []
+    while isinstance(state, HyperState):
+        levels.append(state.inner.hyperparams)
+        state = state.by
+    if isinstance(getattr(state, "hyperparams", None), dict):
+        levels.append(state.hyperparams)  # the top level: constant
+    return levels if raw else [values(h) for h in levels]
+
+
+def hypergrads(state) -> list[dict]:
+    """The last hypergradient of every learning level, bottom-up (raw variables)."""
+    state, out = _find_levels(state), []
+    while isinstance(state, HyperState):
+        out.append(state.hypergrad)
+        state = state.by
+    return out
+
+
+__all__ = ["HyperState", "hyperoptimize", "stack", "hyperparams", "hypergrads", "learned_names"]
