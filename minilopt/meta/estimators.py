@@ -1,0 +1,275 @@
+"""Meta-gradient estimators: five ways to get d(meta-loss)/dθ from inner training.
+
+Every estimator is an object with
+
+    state = estimator.init(theta, key)
+    meta_grad, state, metrics = estimator(theta, state, key)
+
+`meta_grad` has θ's structure and is always finite: non-finite entries are replaced
+by 0 and counted in `metrics["non_finite"]`. `metrics` also holds `meta_loss` (the
+mean meta-loss of this estimate's unrolls) and `grad_norm` (of the returned,
+cleaned gradient). A "particle" is one inner run (backprop estimators) or one
+antithetic pair (ES estimators); all per-particle arrays have the particle axis
+first, so a trainer can shard it over devices.
+
+With σ the perturbation scale, N the number of pairs, ε_i ~ N(0, σ²I) shaped like θ,
+and L(θ) the meta-loss of an unroll (see `unroll.py`):
+
+    full_grad     ∇θ mean over a whole episode, backprop through all T steps
+                  (jax.checkpoint per step: memory stays flat). Exact, but its
+                  variance explodes with T on chaotic meta-losses.
+    truncated_grad ∇θ of one truncation's meta-loss from a carried state treated as
+                  a constant. Cheap; biased towards greedy, short-horizon behaviour.
+    es            ĝ = 1/(2σ²N) Σ_i ε_i (L(θ+ε_i) − L(θ−ε_i)) over a whole episode:
+                  unbiased for the gradient of the Gaussian-smoothed meta-loss.
+    truncated_es  the same formula on one truncation from a shared carried state;
+                  the + state moves on. Biased like truncated_grad.
+    pes           each pair keeps states s⁺_i, s⁻_i and ξ_i = Σ ε since the episode
+                  began: ĝ = 1/(2σ²N) Σ_i ξ_i (L⁺_i − L⁻_i). Unbiased for the whole
+                  episode; its variance grows with the truncations per episode.
+
+The + and − runs of a pair share the task, the data and every key: only θ differs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from .unroll import TruncatedUnroll, tree_where
+
+SIGNS = jnp.array([1.0, -1.0])
+
+
+def _normal_like(key, theta, sigma):
+    """ε ~ N(0, σ²I) with θ's structure (float32)."""
+    leaves, treedef = jax.tree.flatten(theta)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [sigma * jax.random.normal(k, jnp.shape(x), jnp.float32)
+                                        for k, x in zip(keys, leaves)])
+
+
+def _plus_minus(theta, eps):
+    """θ + s·ε for s in (+1, −1), stacked on a new leading axis of size 2."""
+    return jax.tree.map(lambda t, e: t + SIGNS.reshape((2,) + (1,) * jnp.ndim(t)) * e, theta, eps)
+
+
+def clean(grad):
+    """(grad with non-finite entries set to 0, how many there were, its global norm)."""
+    bad = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grad))
+    grad = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grad)
+    return grad, bad.astype(jnp.int32), optax.global_norm(grad)
+
+
+def _metrics(grad, meta_loss, losses):
+    grad, bad, norm = clean(grad)
+    metrics = {"meta_loss": jnp.mean(meta_loss), "non_finite": bad, "grad_norm": norm,
+               "non_finite_losses": jnp.sum(~jnp.isfinite(losses)).astype(jnp.int32)}
+    return grad, metrics
+
+
+class Estimator:
+    """Shared plumbing. Subclasses implement `init(theta, key)` and `__call__`.
+
+    `sharding` (set by the trainer through `with_sharding`) places the particle axis
+    of per-particle arrays on a device mesh; None leaves placement to JAX."""
+
+    name = "estimator"
+    sharding: NamedSharding | None = None
+
+    def __init__(self, unroll: TruncatedUnroll, num_particles: int):
+        if not (isinstance(num_particles, int) and num_particles >= 1):
+            raise ValueError(f"{type(self).__name__}: the number of particles must be a positive int, "
+                             f"got {num_particles!r}")
+        self.unroll, self.num_particles = unroll, num_particles
+
+    def with_sharding(self, sharding: NamedSharding | None) -> "Estimator":
+        """A copy that shards its particle axis with `sharding` (a NamedSharding whose
+        spec names the leading axis)."""
+        new = copy.copy(self)
+        new.sharding = sharding
+        return new
+
+    def _shard(self, tree):
+        if self.sharding is None:
+            return tree
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.sharding), tree)
+
+    def _particle_keys(self, key):
+        return self._shard(jax.random.split(key, self.num_particles))
+
+    def config(self) -> dict:
+        return {"estimator": self.name, "num_particles": self.num_particles, **self.unroll.config()}
+
+    def init(self, theta, key) -> Any:
+        return ()
+
+    def __call__(self, theta, state, key):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{self.name}({self.num_particles} particles)"
+
+
+class FullGrad(Estimator):
+    """Backprop through whole episodes, one per particle (run), from fresh starts."""
+
+    name = "full_grad"
+
+    def __call__(self, theta, state, key):
+        def one(k):
+            (meta, losses), grad = jax.value_and_grad(
+                lambda th: self.unroll.episode(th, k, checkpoint=True), has_aux=True)(theta)
+            return grad, meta, losses
+
+        grads, meta, losses = jax.vmap(one)(self._particle_keys(key))
+        grad, metrics = _metrics(jax.tree.map(lambda g: jnp.mean(g, 0), grads), meta, losses)
+        return grad, state, metrics
+
+
+class TruncatedGrad(Estimator):
+    """Backprop through one truncation of each persistent run; the start is a constant."""
+
+    name = "truncated_grad"
+
+    def init(self, theta, key):
+        return self._shard(jax.vmap(lambda k: self.unroll.init(theta, k))(self._particle_keys(key)))
+
+    def __call__(self, theta, state, key):
+        def one(s):
+            s = jax.lax.stop_gradient(s)
+
+            def loss(th):
+                new, out = self.unroll.unroll(th, s)
+                return out.meta_loss, (new, out.loss)
+
+            (meta, (new, losses)), grad = jax.value_and_grad(loss, has_aux=True)(theta)
+            return grad, new, meta, losses
+
+        grads, state, meta, losses = jax.vmap(one)(state)
+        grad, metrics = _metrics(jax.tree.map(lambda g: jnp.mean(g, 0), grads), meta, losses)
+        return grad, self._shard(state), metrics
+
+
+class _Antithetic(Estimator):
+    def __init__(self, unroll: TruncatedUnroll, num_pairs: int, sigma: float):
+        super().__init__(unroll, num_pairs)
+        if not sigma > 0:
+            raise ValueError(f"{type(self).__name__}: sigma must be > 0, got {sigma}")
+        self.sigma = float(sigma)
+
+    def config(self) -> dict:
+        return {**super().config(), "sigma": self.sigma}
+
+    def _estimate(self, weights, meta_pm):
+        """1/(2σ²N) Σ_i w_i (L⁺_i − L⁻_i) for per-pair weights w (ε or ξ), then clean."""
+        diff = meta_pm[:, 0] - meta_pm[:, 1]
+        return jax.tree.map(
+            lambda w: jnp.tensordot(diff, w, axes=1) / (2 * self.sigma**2 * self.num_particles), weights)
+
+
+class ES(_Antithetic):
+    """Antithetic ES over whole episodes: pair i runs one fresh task with θ ± ε_i."""
+
+    name = "es"
+
+    def __call__(self, theta, state, key):
+        def pair(k):
+            k_eps, k_task = jax.random.split(k)
+            eps = _normal_like(k_eps, theta, self.sigma)
+            meta, losses = jax.vmap(lambda th: self.unroll.episode(th, k_task))(_plus_minus(theta, eps))
+            return eps, meta, losses
+
+        eps, meta, losses = jax.vmap(pair)(self._particle_keys(key))
+        grad, metrics = _metrics(self._estimate(eps, meta), meta, losses)
+        return grad, state, metrics
+
+
+class TruncatedES(_Antithetic):
+    """Antithetic ES on one truncation from each pair's carried state; the + state moves on."""
+
+    name = "truncated_es"
+
+    def init(self, theta, key):
+        return self._shard(jax.vmap(lambda k: self.unroll.init(theta, k))(self._particle_keys(key)))
+
+    def __call__(self, theta, state, key):
+        def pair(s, k):
+            eps = _normal_like(k, theta, self.sigma)
+            new, out = jax.vmap(lambda th: self.unroll.unroll(th, s))(_plus_minus(theta, eps))
+            return eps, jax.tree.map(lambda x: x[0], new), out.meta_loss, out.loss
+
+        eps, state, meta, losses = jax.vmap(pair)(state, self._particle_keys(key))
+        grad, metrics = _metrics(self._estimate(eps, meta), meta, losses)
+        return grad, self._shard(state), metrics
+
+
+class PESState(NamedTuple):
+    inner: Any   # InnerState with leading axes (pairs, 2): the + and − runs
+    xi: Any      # θ-shaped, leading axis (pairs,): Σ ε since the pair's episode began
+
+
+class PES(_Antithetic):
+    """Persistent ES: unbiased for whole episodes at the cost of one truncation per step."""
+
+    name = "pes"
+
+    def init(self, theta, key):
+        def pair(k):
+            s = self.unroll.init(theta, k)
+            return jax.tree.map(lambda x: jnp.stack([x, x]), s)  # + and − start equal
+
+        inner = jax.vmap(pair)(self._particle_keys(key))
+        xi = jax.tree.map(lambda t: jnp.zeros((self.num_particles,) + jnp.shape(t), jnp.float32), theta)
+        return self._shard(PESState(inner, xi))
+
+    def __call__(self, theta, state, key):
+        def pair(s_pm, xi, k):
+            eps = _normal_like(k, theta, self.sigma)
+            # a new episode starts in this truncation: both states reset to one fresh start, ξ restarts
+            new_episode = self.unroll.episode_over(jax.tree.map(lambda x: x[0], s_pm))
+            xi = tree_where(new_episode, jax.tree.map(jnp.zeros_like, xi), xi)
+            xi = jax.tree.map(jnp.add, xi, eps)
+            new, out = jax.vmap(self.unroll.unroll)(_plus_minus(theta, eps), s_pm)
+            return new, xi, out.meta_loss, out.loss
+
+        inner, xi, meta, losses = jax.vmap(pair)(state.inner, state.xi, self._particle_keys(key))
+        grad, metrics = _metrics(self._estimate(xi, meta), meta, losses)
+        return grad, self._shard(PESState(inner, xi)), metrics
+
+
+def full_grad(unroll: TruncatedUnroll, num_runs: int) -> FullGrad:
+    return FullGrad(unroll, num_runs)
+
+
+def truncated_grad(unroll: TruncatedUnroll, num_runs: int) -> TruncatedGrad:
+    return TruncatedGrad(unroll, num_runs)
+
+
+def es(unroll: TruncatedUnroll, num_pairs: int, sigma: float = 0.01) -> ES:
+    return ES(unroll, num_pairs, sigma)
+
+
+def truncated_es(unroll: TruncatedUnroll, num_pairs: int, sigma: float = 0.01) -> TruncatedES:
+    return TruncatedES(unroll, num_pairs, sigma)
+
+
+def pes(unroll: TruncatedUnroll, num_pairs: int, sigma: float = 0.01) -> PES:
+    return PES(unroll, num_pairs, sigma)
+
+
+ESTIMATORS = {"full_grad": full_grad, "truncated_grad": truncated_grad, "es": es, "truncated_es": truncated_es,
+              "pes": pes}
+
+
+def make(name: str, unroll: TruncatedUnroll, num_particles: int, sigma: float = 0.01) -> Estimator:
+    """The estimator called `name` (one of ESTIMATORS)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}")
+    if name in ("full_grad", "truncated_grad"):
+        return ESTIMATORS[name](unroll, num_particles)
+    return ESTIMATORS[name](unroll, num_particles, sigma)
