@@ -9,6 +9,7 @@ Lessons add their explorer factories at the end of this file.
 """
 from __future__ import annotations
 
+import base64
 import io
 from typing import Callable
 
@@ -57,13 +58,14 @@ class Explorer:
 
     def _redraw(self) -> bytes:
         if not self._busy:
-            self.image.value = figure_png(self.render(**self.values()))
-        return self.image.value
+            self.png = figure_png(self.render(**self.values()))
+            self.image.value = self.png
+        return self.png
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = self.box._repr_mimebundle_(**kwargs) or {}
         if isinstance(bundle, tuple):
             bundle = bundle[0]
         bundle = dict(bundle)
-        bundle["image/png"] = self.image.value  # the static frame
+        bundle["image/png"] = base64.b64encode(self.png).decode("ascii")  # the static frame
         return bundle
