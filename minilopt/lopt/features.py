@@ -116,7 +116,8 @@ def factored_factors(state: dict, shape) -> tuple:
     """
     dims = factored_dims(shape)
     if dims is None:
-        return rsqrt_safe(state["v_diag"] + 1e-9), jnp.ones((), jnp.float32)
+        row = rsqrt_safe(state["v_diag"] + 1e-9)
+        return row, jnp.ones_like(row)
     d0, d1 = dims
     v_row, v_col = state["v_row"], state["v_col"]
     d1_in_row = d1 - 1 if d1 > d0 else d1

@@ -127,29 +127,118 @@ def check_theta(theta, hidden: int, mixtures: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Per-tensor: LSTM inputs, the LSTM network, mixing
+# Per-tensor passes over memory
 # ---------------------------------------------------------------------------
 def cliplog(x):
     """0.5 · clip(log(1e-8 + |10·x|), −5, 5)."""
     return 0.5 * jnp.clip(jnp.log(1e-8 + jnp.abs(10.0 * x)), -5.0, 5.0)
 
 
-def tensor_statistics(p, m, rms):
-    """The 7 tensor statistics of the LSTM input (OLD m and rms), in order
-    mean_rms (1), var_m (3), var_rms (3):
+def tensor_means(channels, shape):
+    """The means over a tensor of several channels, in ONE reduction.
 
-        s        = rsqrt(max(1e-9, mean(p²)))        m, rms scaled by s (not s²)
-        mean_rms = cliplog(mean(s·rms))
-        var_m    = cliplog(mean((s·m − mean(s·m))²))          per momentum channel
-        var_rms  = cliplog(mean((s·rms − mean(s·m))²))        the quirk: momentum mean
+    Each channel broadcasts to `shape`; the result has one entry per channel. XLA
+    fuses the stack into the reduction, so the stacked array is never stored.
     """
-    axes = tuple(range(m.ndim - 1))
-    s = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
-    m, rms = s * m, s * rms
-    mean_m = jnp.mean(m, axis=axes)
-    var_m = jnp.mean(jnp.square(m - mean_m), axis=axes)
-    var_rms = jnp.mean(jnp.square(rms - mean_m), axis=axes)
-    return jnp.concatenate([cliplog(jnp.mean(rms, axis=axes)), cliplog(var_m), cliplog(var_rms)])
+    stacked = jnp.stack([jnp.broadcast_to(c, shape) for c in channels], axis=-1)
+    return jnp.mean(stacked, axis=tuple(range(len(shape))))
+
+
+def mlp_channels(p, g, m, rms, fac) -> list:
+    """The 30 input channels of the per-parameter MLP (14 groups, spec §6), each
+    broadcastable to `p.shape`:
+
+        g, clip(g, ±0.1), p, m (3), rms, m·r (3), r, fac_g (3), g·r,
+        row (3), col (3), rsqrt(row + 1e-8) (3), rsqrt(col + 1e-8) (3), m·row_f·col_f (3)
+
+    with r = rsqrt(rms + 1e-6). `m` is the 3 UPDATED momenta, `rms` the updated
+    second moment, `fac` the updated factored state (decay axis last). A rank ≥ 2
+    tensor uses v_row/v_col broadcast over it; rank < 2 uses v_diag for both, and
+    m · v_diag^(−1/2) (no epsilon) as the last group.
+    """
+    r = jax.lax.rsqrt(rms + 1e-6)
+    row_f, col_f = F.factored_factors(fac, p.shape)  # broadcast against p.shape + (3,)
+    dims = F.factored_dims(p.shape)
+    if dims is None:
+        row = col = fac["v_diag"]
+        fac_m = [m[i] * fac["v_diag"][..., i] ** -0.5 for i in range(3)]
+    else:
+        d0, d1 = dims
+        row, col = jnp.expand_dims(fac["v_row"], d0), jnp.expand_dims(fac["v_col"], d1)
+        fac_m = [m[i] * row_f[..., i] * col_f[..., i] for i in range(3)]
+    per_decay = lambda f: [f(i) for i in range(3)]  # noqa: E731
+    return ([g, jnp.clip(g, -0.1, 0.1), p, *m, rms, *[mi * r for mi in m], r]
+            + per_decay(lambda i: g * row_f[..., i] * col_f[..., i]) + [g * r]
+            + per_decay(lambda i: row[..., i]) + per_decay(lambda i: col[..., i])
+            + per_decay(lambda i: jax.lax.rsqrt(row[..., i] + 1e-8))
+            + per_decay(lambda i: jax.lax.rsqrt(col[..., i] + 1e-8)) + fac_m)
+
+
+ROW_COL_CHANNELS = range(15, 27)  # groups 9–12: row, col, rsqrt(row), rsqrt(col)
+
+
+def accumulate(g, m, rms):
+    """Step 5 for the momenta (3 arrays) and rms (features.momentum_update and
+    rms_update, one decay per array; the factored state is updated separately):
+
+        m_i ← β_i·m_i + (1−β_i)·g   for β = 0.9, 0.99, 0.999
+        rms ← 0.999·rms + 0.001·g²
+    """
+    # β and 1−β in float32, as the reference computes them (1 − 0.999 is not 0.001 there)
+    m = tuple(b * mi + (1 - b) * g for b, mi in zip(np.float32(MOMENTUM_DECAYS), m))
+    b = np.float32(RMS_DECAYS[0])
+    return m, b * rms + (1 - b) * jnp.square(g)
+
+
+def tensor_statistics(p, g, m, rms, fac):
+    """Everything a tensor needs from a pass over all its elements, in ONE reduction.
+
+    Inputs: the clipped gradient, the OLD momenta and rms, and the UPDATED factored
+    state (its row/column means of g² are the only other pass). Returns:
+
+    - the 7 LSTM statistics, in order mean_rms (1), var_m (3), var_rms (3):
+          s        = rsqrt(max(1e-9, mean(p²)))      (m and rms are scaled by s, not s²)
+          mean_rms = cliplog(mean(s·rms))
+          var_m    = cliplog(mean((s·m − mean(s·m))²))          per momentum
+          var_rms  = cliplog(mean((s·rms − mean(s·m))²))        the spec's quirk
+    - mean(x²) of each of the 30 MLP channels (the per-channel normalisers).
+
+    The variances come from shifted sums: with c = the tensor's first element,
+    var(x) = mean((x−c)²) − mean(x−c)². The shift keeps the one-pass formula as
+    accurate as the two-pass one while reading m only once.
+    """
+    shape = p.shape
+    m_new, rms_new = accumulate(g, m, rms)
+    channels = mlp_channels(p, g, m_new, rms_new, fac)
+    factored = F.factored_dims(shape) is not None
+    full = [k for k in range(30) if not (factored and k in ROW_COL_CHANNELS)]
+    shift_m = [mi.reshape(-1)[0] for mi in m]
+    shift_r = rms.reshape(-1)[0]
+    dm = [mi - c for mi, c in zip(m, shift_m)]
+    dr = rms - shift_r
+    sums = tensor_means([*dm, dr, *[jnp.square(x) for x in dm], jnp.square(dr)]
+                        + [jnp.square(channels[k]) for k in full], shape)
+    e_dm, e_dr, e_dm2, e_dr2, e_ch = sums[:3], sums[3], sums[4:7], sums[7], sums[8:]
+
+    s2 = 1.0 / jnp.maximum(1e-9, e_ch[full.index(2)])  # s² from mean(p²), channel 2
+    mean_m = jnp.stack(shift_m) + e_dm
+    var_m = jnp.maximum(e_dm2 - jnp.square(e_dm), 0.0)
+    gap = mean_m - shift_r  # mean((rms − μ)²) = E[dr²] − 2(μ − c)E[dr] + (μ − c)²
+    var_rms = jnp.maximum(e_dr2 - 2.0 * gap * e_dr + jnp.square(gap), 0.0)
+    lstm_stats = jnp.concatenate([cliplog(jnp.sqrt(s2) * (shift_r + e_dr))[None],
+                                  cliplog(s2 * var_m), cliplog(s2 * var_rms)])
+
+    mean_sq = [None] * 30
+    for k, v in zip(full, e_ch):
+        mean_sq[k] = v
+    if factored:  # groups 9–12 are a small vector broadcast along one axis
+        for j, (v, f) in enumerate([(fac["v_row"], jnp.square), (fac["v_col"], jnp.square),
+                                    (fac["v_row"], lambda x: 1.0 / (x + 1e-8)),
+                                    (fac["v_col"], lambda x: 1.0 / (x + 1e-8))]):
+            small = jnp.mean(f(v), axis=tuple(range(v.ndim - 1)))
+            for i in range(3):
+                mean_sq[15 + 3 * j + i] = small[i]
+    return lstm_stats, jnp.stack(mean_sq)
 
 
 def rank_one_hot(shape):
@@ -188,102 +277,61 @@ def mix_weights(ff_stack: dict, controls) -> dict:
     """Per tensor, collapse the P stacked MLPs into one: W ← 100·mean_k controls[k]·W[k].
 
     controls is (n_tensors, P); every leaf goes from (P, …) to (n_tensors, …). This is
-    done once per tensor, never per parameter.
+    done once per tensor, never per parameter. The 14 first-layer blocks come back
+    as one `w0` of shape (n_tensors, 30, 4).
     """
     P = controls.shape[-1]
-    return {k: jnp.tensordot(controls, w, axes=1) * (100.0 / P) for k, w in ff_stack.items()}
+    mixed = {k: jnp.tensordot(controls, w, axes=1) * (100.0 / P) for k, w in ff_stack.items()}
+    mixed["w0"] = jnp.concatenate([mixed.pop(f"w0__{k}") for k in range(len(MLP_GROUPS))], axis=1)
+    return mixed
 
 
 # ---------------------------------------------------------------------------
-# Per-parameter: inputs, normalisers and the MLP
+# Per-parameter: the MLP and the step
 # ---------------------------------------------------------------------------
-def mlp_inputs(p, g, m, rms, fac) -> list:
-    """The 14 input groups of section 6, each of shape `p.shape + (width,)`.
+def _dense(xs: list, w, b):
+    """b + Σ_i xs[i]·w[i]: a layer whose inputs are a list of same-shape arrays and
+    whose n_out outputs sit on a new trailing axis. Spelled out as broadcast
+    multiply-adds, so XLA fuses the whole MLP into one elementwise pass (`@` on a
+    stacked input would need the stack in memory)."""
+    return b + sum(x[..., None] * w[i] for i, x in enumerate(xs))
 
-    p, g: (…); m: (…, 3); rms: (…, 1); fac: the UPDATED factored state. Rank ≥ 2
-    tensors use v_row/v_col broadcast over the tensor; rank < 2 use v_diag twice.
+
+def mlp_direction_magnitude(channels, mean_sq, w: dict):
+    """The per-parameter MLP 30 → 4 → relu → 4 → relu → 3 on normalised channels.
+
+    Each channel's normaliser n_c = rsqrt(1e-5 + mean(x_c²)) is folded into the
+    first layer: Σ_c (x_c·n_c)·w0[c] = Σ_c x_c·(n_c·w0[c]). Returns (d, μ).
     """
-    gx = g[..., None]
-    r = jax.lax.rsqrt(rms + 1e-6)
-    row_factor, col_factor = F.factored_factors(fac, p.shape)
-    dims = F.factored_dims(p.shape)
-    if dims is None:
-        row = col = fac["v_diag"]
-        fac_m = m * fac["v_diag"] ** -0.5  # no epsilon here: the reference's quirk
-    else:
-        d0, d1 = dims
-        row = jnp.expand_dims(fac["v_row"], d0)
-        col = jnp.expand_dims(fac["v_col"], d1)
-        fac_m = m * row_factor * col_factor
-    full = p.shape + (3,)
-    row, col = jnp.broadcast_to(row, full), jnp.broadcast_to(col, full)
-    return [gx, jnp.clip(gx, -0.1, 0.1), p[..., None], m, rms, m * r, r,
-            gx * row_factor * col_factor, gx * r, row, col,
-            jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m]
+    w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, None] * w["w0"]
+    h = jax.nn.relu(_dense(channels, w0, w["b0"]))
+    h = jax.nn.relu(_dense([h[..., i] for i in range(MLP_HIDDEN)], w["w1"], w["b1"]))
+    out = _dense([h[..., i] for i in range(MLP_HIDDEN)], w["w2"][:, :2], w["b2"][:2])
+    return out[..., 0], out[..., 1]  # output channel 2 is unused
 
 
-def _group_mean_squares(groups, fac, shape) -> list:
-    """mean(x²) over the tensor for each group, per channel (shape (width,)).
+def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult):
+    """Steps 5–7 for one tensor: returns (Δ, m, rms, fac), all float32.
 
-    The row/column groups (9–12) are a small vector broadcast along one axis, so
-    their mean square is taken on the small vector: same value, no full-size pass.
+        Δ = lr_mult · d · exp(0.001·μ) · 0.001 · sqrt(mean(p²) + 1e-9)
+
+    `fac` is already updated (`statistics` needed it); m and rms are updated here.
     """
-    axes = tuple(range(len(shape)))
-    out = [jnp.mean(jnp.square(x), axis=axes) for x in groups]
-    dims = F.factored_dims(shape)
-    if dims is not None:
-        small = lambda v: tuple(range(v.ndim - 1))  # noqa: E731
-        v_row, v_col = fac["v_row"], fac["v_col"]
-        out[9] = jnp.mean(jnp.square(v_row), axis=small(v_row))
-        out[10] = jnp.mean(jnp.square(v_col), axis=small(v_col))
-        out[11] = jnp.mean(1.0 / (v_row + 1e-8), axis=small(v_row))
-        out[12] = jnp.mean(1.0 / (v_col + 1e-8), axis=small(v_col))
-    return out
-
-
-def _dense(xs, w, b):
-    """Σ_i xs[..., i] · w[i] + b over a small trailing axis, as broadcast
-    multiply-adds (these fuse into one elementwise kernel; `@` would not)."""
-    return b + sum(xs[..., i:i + 1] * w[i] for i in range(w.shape[0]))
-
-
-def mlp_direction_magnitude(groups, norms, w: dict):
-    """The per-parameter MLP on normalised inputs: returns (direction d, magnitude μ).
-
-    The normaliser of each channel is folded into the first layer's weights:
-        Σ_k (x_k · n_k) @ w0_k  =  Σ_k x_k @ (n_k[:, None] · w0_k)
-    """
-    h = w["b0"] + sum(_dense(x, n[:, None] * w[f"w0__{k}"], 0.0)
-                      for k, (x, n) in enumerate(zip(groups, norms)))
-    h = _dense(jax.nn.relu(h), w["w1"], w["b1"])
-    out = _dense(jax.nn.relu(h), w["w2"], w["b2"])
-    return out[..., 0], out[..., 1]
-
-
-def tensor_step(p, g, m, rms, fac, w, lr_mult):
-    """Update one tensor's accumulators and compute its step Δ (all float32).
-
-    Returns (Δ, m, rms, fac); the caller does p − Δ. A scalar works as is: every
-    per-tensor mean over its (zero) axes is the value itself, as for shape (1,).
-    """
-    m = F.momentum_update(m, g, MOMENTUM_DECAYS)
-    rms = F.rms_update(rms, g, RMS_DECAYS)
-    fac = F.factored_update(fac, g, FACTORED_DECAYS)
-    groups = mlp_inputs(p, g, m, rms, fac)
-    norms = [F.normaliser_from_sum_sq(ms, 1.0) for ms in _group_mean_squares(groups, fac, p.shape)]
-    d, mu = mlp_direction_magnitude(groups, norms, w)
-    param_scale = jnp.sqrt(jnp.mean(jnp.square(p)) + 1e-9)
-    delta = lr_mult * d * jnp.exp(0.001 * mu) * 0.001 * param_scale
-    return delta, m, rms, fac
+    m, rms = accumulate(g, m, rms)
+    d, mu = mlp_direction_magnitude(mlp_channels(p, g, m, rms, fac), mean_sq, w)
+    param_scale = jnp.sqrt(mean_sq[2] + 1e-9)  # channel 2 is p
+    return (lr_mult * 0.001 * param_scale) * d * jnp.exp(0.001 * mu), m, rms
 
 
 # ---------------------------------------------------------------------------
 # The optimizer
 # ---------------------------------------------------------------------------
 class VeLOState(NamedTuple):
-    """m: p.shape+(3,); rms: p.shape+(1,); fac: per leaf {v_row, v_col} or {v_diag};
+    """Per leaf: m, a tuple of 3 momenta (decays 0.9, 0.99, 0.999), each p.shape;
+    rms, p.shape; fac, {v_row, v_col} or {v_diag} with the decay axis last.
     lstm_hidden/lstm_cell: (n_tensors, H); loss_buffer: features.loss_buffer_init;
-    iteration: the step t."""
+    iteration: the step t. The momenta are separate arrays, not one (…, 3) array, so
+    that the update writes every per-parameter array in one fused pass."""
     m: Any
     rms: Any
     fac: Any
@@ -297,18 +345,24 @@ def velo_init_state(theta, params, num_steps: int, legacy_loss_features: bool = 
     """Zero accumulators, the learned initial LSTM state for every tensor, an empty
     loss buffer (horizon num_steps, or 10 in the legacy mode), t = 0."""
     F.check_params(params)
-    leaves = jax.tree.leaves(params)
-    n = len(leaves)
+    n = len(jax.tree.leaves(params))
     init = theta["lstm_init_state"]
+    zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.float32)  # noqa: E731
     return VeLOState(
-        m=jax.tree.map(lambda p: F.accumulator_init(p, len(MOMENTUM_DECAYS)), params),
-        rms=jax.tree.map(lambda p: F.accumulator_init(p, len(RMS_DECAYS)), params),
+        m=jax.tree.map(lambda p: tuple(zeros(p) for _ in MOMENTUM_DECAYS), params),
+        rms=jax.tree.map(zeros, params),
         fac=jax.tree.map(lambda p: F.factored_init(p, len(FACTORED_DECAYS)), params),
         lstm_hidden=jnp.broadcast_to(init["hidden"].reshape(1, -1), (n, init["hidden"].shape[-1])),
         lstm_cell=jnp.broadcast_to(init["cell"].reshape(1, -1), (n, init["cell"].shape[-1])),
         loss_buffer=F.loss_buffer_init(10 if legacy_loss_features else num_steps),
         iteration=jnp.zeros((), jnp.int32),
     )
+
+
+def clip_gradient(g):
+    """float32, NaN → 0, then clipped elementwise to [−1000, 1000]."""
+    g = jnp.nan_to_num(jnp.asarray(g, jnp.float32), nan=0.0, posinf=GRAD_CLIP, neginf=-GRAD_CLIP)
+    return jnp.clip(g, -GRAD_CLIP, GRAD_CLIP)
 
 
 def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
@@ -320,49 +374,48 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     fraction_trained, control_params, lr_mult, clipped_grads and fac_g.
     """
     treedef = jax.tree.structure(params)
-    p_leaves = [jnp.asarray(p, jnp.float32) for p in treedef.flatten_up_to(params)]
-    g_leaves = [jnp.clip(jnp.nan_to_num(jnp.asarray(g, jnp.float32), nan=0.0,
-                                        posinf=GRAD_CLIP, neginf=-GRAD_CLIP), -GRAD_CLIP, GRAD_CLIP)
-                for g in treedef.flatten_up_to(grads)]
-    m_leaves = treedef.flatten_up_to(state.m)
-    rms_leaves = treedef.flatten_up_to(state.rms)
-    fac_leaves = treedef.flatten_up_to(state.fac)
+    ps = [jnp.asarray(p, jnp.float32) for p in treedef.flatten_up_to(params)]
+    gs = [clip_gradient(g) for g in treedef.flatten_up_to(grads)]
+    ms, rmss = treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.rms)
+    facs = [F.factored_update(f, g, FACTORED_DECAYS) for f, g in zip(treedef.flatten_up_to(state.fac), gs)]
 
     # 1. loss buffer and loss features
     buffer = F.loss_buffer_update(state.loss_buffer, loss)
     loss_features = F.loss_buffer_features(buffer)
-    fraction = state.iteration.astype(jnp.float32) / jnp.float32(num_steps)
 
-    # 3. per-tensor LSTM inputs from the OLD accumulators
-    stats = jnp.stack([tensor_statistics(p, m, r) for p, m, r in zip(p_leaves, m_leaves, rms_leaves)])
-    ranks = jnp.stack([rank_one_hot(p.shape) for p in p_leaves])
-    x = lstm_inputs(stats, ranks, loss_features, F.fraction_embedding(state.iteration, num_steps))
+    # 3. per-tensor LSTM inputs (from the OLD m and rms) and MLP normalisers, one pass each
+    stats, mean_sq = zip(*[tensor_statistics(*a) for a in zip(ps, gs, ms, rmss, facs)])
+    ranks = jnp.stack([rank_one_hot(p.shape) for p in ps])
+    x = lstm_inputs(jnp.stack(stats), ranks, loss_features,
+                    F.fraction_embedding(state.iteration, num_steps))
 
     # 4. the LSTM over all tensors
     controls, lr_mult, (h, c) = lstm_network(theta["rnn_params"], x, (state.lstm_hidden, state.lstm_cell))
     if not carry_lstm_state:  # legacy: the state never leaves its initial value
         h, c = state.lstm_hidden, state.lstm_cell
 
-    # 5–7. accumulators, mixing (once per tensor) and the per-parameter MLP
+    # 5–7. mix the MLP once per tensor, then one fused pass per tensor
     mixed = mix_weights(theta["ff_mod_stack"]["~"], controls)
-    deltas, ms, rmss, facs = [], [], [], []
-    for i, (p, g, m, r, fac) in enumerate(zip(p_leaves, g_leaves, m_leaves, rms_leaves, fac_leaves)):
+    updates, new_m, new_rms = [], [], []
+    for i, (p_in, p, g, m, rms, fac) in enumerate(zip(treedef.flatten_up_to(params), ps, gs, ms, rmss, facs)):
         w = {k: v[i] for k, v in mixed.items()}
-        delta, m, r, fac = tensor_step(p, g, m, r, fac, w, lr_mult[i])
-        deltas.append(delta); ms.append(m); rmss.append(r); facs.append(fac)  # noqa: E702
+        delta, m, rms = tensor_step(p, g, m, rms, fac, mean_sq[i], w, lr_mult[i])
+        updates.append((-delta).astype(jnp.result_type(p_in)))
+        new_m.append(m)
+        new_rms.append(rms)
 
-    updates = treedef.unflatten([(-d).astype(jnp.result_type(p)) for d, p in
-                                 zip(deltas, treedef.flatten_up_to(params))])
     new_state = VeLOState(
-        m=treedef.unflatten(ms), rms=treedef.unflatten(rmss), fac=treedef.unflatten(facs),
+        m=treedef.unflatten(new_m), rms=treedef.unflatten(new_rms), fac=treedef.unflatten(facs),
         lstm_hidden=h, lstm_cell=c, loss_buffer=buffer, iteration=state.iteration + 1)
+    updates = treedef.unflatten(updates)
     if not debug:
         return updates, new_state
-    fac_g = [F.factored_precondition(fac, g) for fac, g in zip(facs, g_leaves)]
     info = {
-        "rnn_inputs": x, "loss_features": loss_features, "fraction_trained": fraction,
+        "rnn_inputs": x, "loss_features": loss_features,
+        "fraction_trained": state.iteration.astype(jnp.float32) / jnp.float32(num_steps),
         "control_params": controls, "lr_mult": lr_mult,
-        "clipped_grads": treedef.unflatten(g_leaves), "fac_g": treedef.unflatten(fac_g),
+        "clipped_grads": treedef.unflatten(gs),
+        "fac_g": treedef.unflatten([F.factored_precondition(f, g) for f, g in zip(facs, gs)]),
     }
     return updates, new_state, info
 
