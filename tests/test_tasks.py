@@ -127,3 +127,11 @@ def test_wrong_batch_shapes_are_named():
         task.loss(params, x)
     with pytest.raises(ValueError, match="expected"):
         tasks.quadratic(dim=3).loss({"x": jnp.zeros(3)}, jnp.zeros((1, 4)))
+
+
+def test_a_dataset_first_loaded_inside_jit_is_cached_as_concrete_arrays():
+    data.load.cache_clear()
+    task = tasks.char_lm(batch_size=2, seq_len=4)
+    jax.jit(lambda k: task.batch(k))(KEY)                 # first load happens under tracing
+    assert not isinstance(data.load("text").x_train, jax.core.Tracer)
+    jax.jit(lambda k: task.batch(k, "test"))(KEY)          # a second trace reuses the cache safely

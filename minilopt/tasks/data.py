@@ -15,6 +15,7 @@ import functools
 import pathlib
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,4 +95,7 @@ def load(name: str) -> Dataset:
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
     x_tr, y_tr, x_te, y_te, k = LOADERS[name]()
-    return Dataset(jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te), k)
+    # The first call may happen while a task is being traced; the cache must hold
+    # concrete device arrays, never that trace's tracers.
+    with jax.ensure_compile_time_eval():
+        return Dataset(jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te), k)
