@@ -175,8 +175,6 @@ def load_velo(path_or_bytes):
             data = f.read()
     try:
         top = msgpack.unpackb(data, ext_hook=_decode_array, raw=False, strict_map_key=False)
-    except ValueError as e:
-        raise ValueError(f"{name}: not a VeLO params file ({e})") from None
     except Exception as e:  # msgpack raises several types on corrupt input
         raise ValueError(f"{name}: corrupt or truncated msgpack data ({type(e).__name__}: {e})") from None
     if isinstance(top, dict) and "params" in top:
