@@ -1,0 +1,450 @@
+"""Does a learned optimizer beat learning-rate-tuned Adam on tasks it never saw?
+
+The VeLO-style evaluation, at the scale of this course:
+
+    tasks   = suite()                                    # >= 20 held-out tasks, labelled
+    results = evaluate(lambda T: pretrained(T), tasks, key)
+    print(speedup_table(results)); plot_cdf(results)
+
+**The suite.** "in-family" tasks are held-out draws of the families the shipped
+optimizer was meta-trained on: `RandomFamily`'s held-out split (widths 24/48, batch
+size 64, which the training split never samples; init scales from held-out keys)
+and `QuadraticFamily`'s held-out split. "out-of-family" tasks change something
+the families never contained: the dataset and architecture (the character LSTM LM),
+the depth or width (logistic regression, a 3-layer MLP, width 256, a 3-layer CNN),
+the activation, the batch size, the init scale, the noise of a quadratic, its
+dimension and conditioning, and the horizon (4x the budget). Every entry has a
+fixed step budget T.
+
+**The baseline.** Adam at constant learning rate, tuned per task over a log-spaced
+grid (13 rates from 1e-4 to 1, extended past an edge if the best rate lands on it)
+with `train.lr_sweep`: the rate with the lowest final training loss wins. The same
+T, the same initial parameters and the same batches as the learned optimizer (one
+key per task). Adam at its default 1e-3 is reported too; 1e-3 is in the grid, so
+tuned Adam is at least as good by construction.
+
+**The measure** (one rule for every task, as in VeLO's Figure 1):
+
+1. Smooth both training curves with the same trailing moving average over full
+   windows, S_t = mean(loss_{t-w+1..t}) for t >= w, w = ceil(T/10). The smoothed
+   value at the last step is the *final loss* (= `train.final_loss`, the number
+   Adam is tuned on). Full windows only, so one lucky minibatch early on cannot
+   count as reaching a loss.
+2. The target is the loss both optimizers reach within the budget, the worse of
+   the two final losses:  L* = max(L_adam, L_lopt).
+3. n_X = the first step at which S_X <= L*  (it exists: each curve reaches its own
+   final loss at step T at the latest).
+4. speedup = n_adam / n_lopt.
+
+When the learned optimizer ends lower, L* is tuned Adam's final loss, and the
+speedup is how many times fewer steps the learned optimizer needed to get there
+(> 1 for a faster optimizer). When Adam ends lower, L* is the learned optimizer's
+final loss, and the speedup (< 1 as a rule) says how much sooner Adam got there.
+Since n >= w, a speedup can be at most T/w = 10; when the learned optimizer is
+already there at the first full window (n_lopt = w), the true speedup may be
+larger, and the value is flagged `speedup_is_lower_bound`. A learned optimizer
+that diverges gets speedup 0; if every Adam rate diverges, the speedup is the
+lower bound T / n_lopt (flagged too).
+
+Over a group of tasks: the fraction faster than 1x (speedup > 1), at least 2x and
+at least 4x, and the median speedup, for "in-family" and "out-of-family" apart.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+import zlib
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from . import tasks as T
+from . import train
+
+GROUPS = ("in-family", "out-of-family")
+ADAM_LRS = tuple(float(x) for x in np.logspace(-4, 0, 13))   # 10^(k/3): 1e-4 ... 1, 1e-3 included
+DEFAULT_ADAM_LR = 1e-3
+CURVE_POINTS = 200        # smoothed curves are stored at this many evenly spaced steps
+MEASURE = ("speedup = n_adam / n_lopt, where n_X is the first step at which X's training curve, smoothed by a "
+           "trailing moving average over full windows of w = ceil(T/10) steps, is <= L* = max(final loss of tuned "
+           "Adam, final loss of the learned optimizer); a final loss is the smoothed value at step T. At most T/w; "
+           "flagged as a lower bound when n_lopt = w or when every Adam rate diverged (then T / n_lopt). "
+           "Speedup 0 if the learned optimizer diverged.")
+
+
+class SuiteTask(NamedTuple):
+    """One evaluation task: `task`, trained for `steps` steps; `group` is
+    "in-family" or "out-of-family"; `note` says what is held out or new."""
+    name: str
+    task: Any
+    steps: int
+    group: str
+    note: str
+
+
+# ---------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------
+def heldout_structures(family: T.RandomFamily, quotas: dict, max_seeds: int = 200) -> list:
+    """Distinct held-out structures of `family`, the first draws by seed, at most
+    `quotas[(dataset, model)]` of each kind: [(seed, ImageFamily), ...]."""
+    picked, names, count = [], set(), {kind: 0 for kind in quotas}
+    for seed in range(max_seeds):
+        structure = family.structure(jax.random.PRNGKey(seed), "heldout")
+        kind = (structure.dataset, structure.model)
+        if kind in quotas and count[kind] < quotas[kind] and structure.name not in names:
+            picked.append((seed, structure))
+            names.add(structure.name)
+            count[kind] += 1
+        if count == quotas:
+            break
+    return picked
+
+
+def _in_family(steps, family, quadratic_family, quotas, num_quadratics):
+    entries = []
+    for seed, structure in heldout_structures(family, quotas):
+        task = structure.sample(jax.random.PRNGKey(seed), "heldout")
+        entries.append(SuiteTask(f"heldout/{structure.name}", task, steps, "in-family",
+                                 f"RandomFamily held-out draw (seed {seed}): width and batch size never "
+                                 "sampled in meta-training"))
+    for seed in range(num_quadratics):
+        task = quadratic_family.sample(jax.random.PRNGKey(seed), "heldout")
+        entries.append(SuiteTask(f"heldout/quadratic_{quadratic_family.dim}d_s{seed}", task, steps, "in-family",
+                                 f"QuadraticFamily held-out draw (seed {seed})"))
+    return entries
+
+
+def _out_of_family(steps, quick):
+    o = lambda name, task, note, mult=1: SuiteTask(name, task, mult * steps, "out-of-family", note)
+    entries = [
+        o("digits_logreg", T.digits_logreg(), "no hidden layer (family: 1-2 layers)"),
+        o("noisy_quadratic", T.noisy_quadratic(dim=10, noise=1.0), "noisy targets (family: noise-free)"),
+    ]
+    if quick:
+        return entries
+    return entries + [
+        o("digits_mlp_deep", T.digits_mlp(hidden=(64, 64, 64), activation="relu"), "depth 3"),
+        o("digits_mlp_wide", T.digits_mlp(hidden=(256,), activation="tanh"), "width 256"),
+        o("digits_mlp_batch8", T.digits_mlp(hidden=(32,), activation="relu", batch_size=8), "batch size 8"),
+        o("mnist1d_mlp_100x100", T.mnist1d_mlp(), "the standard MNIST-1D MLP, width 100"),
+        o("mnist1d_cnn_deep", T.mnist1d_cnn(channels=(32, 32, 32)), "3 conv layers of 32 channels"),
+        o("mnist1d_mlp_swish_init3", T.mnist1d_mlp(hidden=(64,), activation="swish", init_scale=3.0),
+          "swish activation, init scale 3 (family: 0.5-2)"),
+        o("char_lm", T.char_lm(), "LSTM language model on text: new data, new architecture"),
+        o("char_lm_wide", T.char_lm(embed=64, hidden=128), "a wider LSTM language model"),
+        o("quadratic_100d_cond1e4", T.quadratic(dim=100, condition=1e4), "dimension 100, condition 1e4"),
+        o("digits_mlp_48_long", T.digits_mlp(hidden=(48,), activation="tanh", batch_size=64),
+          "4x the step budget (the trained horizon)", mult=4),
+    ]
+
+
+def suite(steps: int = 1000, *, quick: bool = False, family: T.RandomFamily | None = None,
+          quadratic_family: T.QuadraticFamily | None = None) -> list[SuiteTask]:
+    """The evaluation suite: 12 in-family and 12 out-of-family tasks (`quick`: 2 + 2, for a CPU).
+
+    `family` and `quadratic_family` are the meta-training families (defaults:
+    `RandomFamily()`, `QuadraticFamily()`); in-family tasks are their held-out draws."""
+    if not (isinstance(steps, int) and steps >= 10):
+        raise ValueError(f"steps must be an int >= 10 (the step budget), got {steps!r}")
+    family = family or T.RandomFamily()
+    quadratic_family = quadratic_family or T.QuadraticFamily()
+    quotas = ({("digits", "mlp"): 1} if quick else
+              {("digits", "mlp"): 4, ("mnist1d", "mlp"): 3, ("mnist1d", "cnn"): 3})
+    entries = _in_family(steps, family, quadratic_family, quotas, 1 if quick else 2)
+    return entries + _out_of_family(steps, quick)
+
+
+# ---------------------------------------------------------------------------
+# The measure
+# ---------------------------------------------------------------------------
+def default_window(steps: int) -> int:
+    """w = ceil(T/10): the smoothed last value is then `train.final_loss`."""
+    return max(1, math.ceil(steps / 10))
+
+
+def smooth(curve, window: int) -> np.ndarray:
+    """Trailing moving average over full windows: S[i] = mean(curve[i-w+1 : i+1]) for
+    i >= w-1, NaN before (float64, same length as `curve`). Each window is summed on
+    its own, so equal windows give bitwise-equal means (a flat curve stays flat). A
+    NaN in the curve (a stopped run) makes every later value NaN: a stopped run never
+    "reaches" a loss."""
+    c = np.asarray(curve, np.float64)
+    if not (isinstance(window, (int, np.integer)) and window >= 1):
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    out = np.full(c.shape, np.nan)
+    if len(c) >= window:
+        out[window - 1:] = np.lib.stride_tricks.sliding_window_view(c, window).mean(axis=-1)
+    bad = np.flatnonzero(np.isnan(c))
+    if bad.size:
+        out[bad[0]:] = np.nan
+    return out
+
+
+def steps_to_reach(smoothed, level: float) -> int | None:
+    """The first step count n (1-based) with smoothed[n-1] <= level, or None."""
+    hit = np.flatnonzero(np.asarray(smoothed) <= level)
+    return int(hit[0]) + 1 if hit.size else None
+
+
+class Speedup(NamedTuple):
+    speedup: float          # n_adam / n_lopt (0 if the learned optimizer diverged)
+    target_loss: float      # L* = max(L_adam, L_lopt)
+    steps_adam: int | None  # n_adam: first step at which smoothed Adam <= L*
+    steps_lopt: int | None  # n_lopt
+    final_adam: float       # smoothed last value (inf if diverged)
+    final_lopt: float
+    lower_bound: bool       # the true speedup may be larger (n_lopt = w, or every Adam rate diverged)
+
+
+def _final(smoothed) -> float:
+    last = float(smoothed[-1]) if len(smoothed) else math.nan
+    return last if math.isfinite(last) else math.inf
+
+
+def speedup(adam_curve, lopt_curve, window: int | None = None) -> Speedup:
+    """The module's measure on two raw training curves of equal length T."""
+    adam_curve, lopt_curve = np.asarray(adam_curve, np.float64), np.asarray(lopt_curve, np.float64)
+    if adam_curve.shape != lopt_curve.shape or adam_curve.ndim != 1 or len(adam_curve) < 1:
+        raise ValueError(f"need two 1-D curves of the same length, got shapes {adam_curve.shape} "
+                         f"and {lopt_curve.shape}")
+    steps = len(adam_curve)
+    window = window or default_window(steps)
+    if window > steps:
+        raise ValueError(f"the smoothing window ({window}) is longer than the curves ({steps} steps)")
+    s_adam, s_lopt = smooth(adam_curve, window), smooth(lopt_curve, window)
+    final_adam, final_lopt = _final(s_adam), _final(s_lopt)
+    if math.isinf(final_lopt):
+        return Speedup(0.0, math.inf, None, None, final_adam, final_lopt, False)
+    if math.isinf(final_adam):
+        n_lopt = steps_to_reach(s_lopt, final_lopt)
+        return Speedup(steps / n_lopt, final_lopt, None, n_lopt, final_adam, final_lopt, True)
+    target = max(final_adam, final_lopt)
+    n_adam, n_lopt = steps_to_reach(s_adam, target), steps_to_reach(s_lopt, target)
+    return Speedup(n_adam / n_lopt, target, n_adam, n_lopt, final_adam, final_lopt,
+                   n_lopt == window and n_adam > n_lopt)
+
+
+def summarize(speedups: Sequence[float]) -> dict:
+    """Fraction of tasks with speedup > 1, >= 2 and >= 4, and the median (None if empty)."""
+    s = np.asarray(list(speedups), np.float64)
+    if s.size == 0:
+        return {"tasks": 0, "faster_than_1x": None, "at_least_2x": None, "at_least_4x": None, "median": None}
+    return {"tasks": int(s.size), "faster_than_1x": float(np.mean(s > 1)), "at_least_2x": float(np.mean(s >= 2)),
+            "at_least_4x": float(np.mean(s >= 4)), "median": float(np.median(s))}
+
+
+# ---------------------------------------------------------------------------
+# Running it
+# ---------------------------------------------------------------------------
+def task_key(key, name: str):
+    """One key per task, from its name: a subset of the suite gives the same numbers."""
+    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def tuned_adam(task, steps: int, key, learning_rates=ADAM_LRS, *, max_extensions: int = 2):
+    """`train.lr_sweep` of Adam; while the best rate sits on an edge of the grid,
+    the grid grows by 3 rates (same log spacing) past that edge, at most
+    `max_extensions` times. Returns the SweepResult of the final grid."""
+    lrs = np.sort(np.asarray(learning_rates, np.float64))
+    if len(lrs) < 10:
+        raise ValueError(f"tune Adam over at least 10 learning rates, got {len(lrs)}")
+    ratio = lrs[1] / lrs[0]
+    for extension in range(max_extensions + 1):
+        sweep = train.lr_sweep(task, optax.adam, lrs, steps, key, eval_every=steps)
+        if extension == max_extensions or 0 < sweep.best_index < len(lrs) - 1:
+            return sweep
+        grow = lrs[-1] * ratio ** np.arange(1, 4) if sweep.best_index else lrs[0] / ratio ** np.arange(3, 0, -1)
+        lrs = np.sort(np.concatenate([lrs, grow]))
+    return sweep
+
+
+def _downsample(curve, points=CURVE_POINTS):
+    curve = np.asarray(curve, np.float64)
+    idx = np.unique(np.linspace(0, len(curve) - 1, min(points, len(curve))).round().astype(int))
+    return idx, curve[idx]
+
+
+def _num(x):
+    """A JSON-safe float: None for NaN/inf."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _listed(a, digits=6):
+    return [None if not math.isfinite(v) else float(f"{v:.{digits}g}") for v in np.asarray(a, np.float64)]
+
+
+def evaluate_task(optimizer_factory: Callable[[int], Any], entry: SuiteTask, key, *,
+                  learning_rates=ADAM_LRS, window: int | None = None) -> dict:
+    """One task: the learned optimizer's run, tuned Adam, Adam at 1e-3, the speedup."""
+    if entry.group not in GROUPS:
+        raise ValueError(f"suite entry {entry.name!r} has group {entry.group!r}; use one of {GROUPS}")
+    t0 = time.perf_counter()
+    key = task_key(key, entry.name)
+    # one eval at the end (eval_every=steps): a single scan compiles several times faster
+    lopt = train.fit(entry.task, optimizer_factory(entry.steps), entry.steps, key, eval_every=entry.steps)
+    sweep = tuned_adam(entry.task, entry.steps, key, learning_rates)
+    lrs = np.asarray(sweep.learning_rates, np.float64)
+    default = int(np.argmin(np.abs(np.log(lrs / DEFAULT_ADAM_LR))))
+    if not np.isclose(lrs[default], DEFAULT_ADAM_LR, rtol=1e-4):
+        raise ValueError(f"the Adam grid must contain the default rate {DEFAULT_ADAM_LR}; got {lrs}")
+    best = sweep.best_index
+    window = window or default_window(entry.steps)
+    measure = speedup(sweep.train_loss[best], lopt.train_loss, window)
+    steps_idx, lopt_curve = _downsample(smooth(lopt.train_loss, window))
+    smoothed = lambda i: _listed(smooth(sweep.train_loss[i], window)[steps_idx])
+    final = lambda i: _num(_final(smooth(sweep.train_loss[i], window)))
+    return {
+        "name": entry.name, "group": entry.group, "note": entry.note, "steps": entry.steps, "window": window,
+        "speedup": measure.speedup, "speedup_is_lower_bound": measure.lower_bound,
+        "target_loss": _num(measure.target_loss), "steps_adam": measure.steps_adam, "steps_lopt": measure.steps_lopt,
+        "lopt": {"final_train": _num(measure.final_lopt), "final_eval": _num(lopt.eval_loss[-1]),
+                 "stopped_at": lopt.stopped_at},
+        "adam": {"lr": float(lrs[best]), "final_train": _num(measure.final_adam),
+                 "final_eval": _num(sweep.eval_loss[best, -1]), "best_at_edge": best in (0, len(lrs) - 1)},
+        "adam_default": {"lr": DEFAULT_ADAM_LR, "final_train": final(default),
+                         "final_eval": _num(sweep.eval_loss[default, -1])},
+        "grid": {"lr": lrs.tolist(), "final_train": [final(i) for i in range(len(lrs))],
+                 "sweep_final_loss": _listed(sweep.final_loss)},
+        "curves": {"step": (steps_idx + 1).tolist(), "lopt": _listed(lopt_curve), "adam": smoothed(best),
+                   "adam_default": smoothed(default)},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def summary(task_results: Sequence[dict]) -> dict:
+    """`summarize` per group, and over all tasks."""
+    by = {g: [r["speedup"] for r in task_results if r["group"] == g] for g in GROUPS}
+    return {**{g: summarize(s) for g, s in by.items()}, "all": summarize([r["speedup"] for r in task_results])}
+
+
+def evaluate(optimizer_factory: Callable[[int], Any], suite: Sequence[SuiteTask], key, *,
+             name: str = "learned optimizer", learning_rates=ADAM_LRS, window: int | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate `optimizer_factory(num_steps) -> optax transform` on every suite entry
+    against tuned Adam. Returns a JSON-ready dict: {"optimizer", "measure", "tasks", "summary"}."""
+    if len(suite) == 0:
+        raise ValueError("the suite is empty; build one with evaluate.suite()")
+    names = [e.name for e in suite]
+    if len(set(names)) != len(names):
+        raise ValueError(f"suite task names must be unique, got duplicates {sorted({n for n in names if names.count(n) > 1})}")
+    rows = []
+    for i, entry in enumerate(suite):
+        rows.append(evaluate_task(optimizer_factory, entry, key, learning_rates=learning_rates, window=window))
+        if progress:
+            r = rows[-1]
+            print(f"[{i + 1:2d}/{len(suite)}] {entry.name:38s} {entry.group:13s} speedup {r['speedup']:6.2f}x  "
+                  f"loss {r['lopt']['final_train']} vs Adam {r['adam']['final_train']} (lr {r['adam']['lr']:.2g})  "
+                  f"{r['seconds']:.1f}s", flush=True)
+    return {"optimizer": name, "measure": MEASURE,
+            "adam_learning_rates": list(learning_rates), "backend": jax.default_backend(),
+            "tasks": rows, "summary": summary(rows)}
+
+
+def save_results(results: dict, path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def load_results(path) -> dict:
+    """Results written by `save_results` (a ValueError names a file that is not one)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation results at {path}; produce them with "
+                                "`python benchmarks/evaluate_pretrained.py` (see its --help)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-run the evaluation") from None
+    if not (isinstance(results, dict) and isinstance(results.get("tasks"), list)):
+        raise ValueError(f"{path} is not an evaluation result: expected a dict with a 'tasks' list")
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Tables and plots
+# ---------------------------------------------------------------------------
+def _fmt_speedup(r) -> str:
+    return (">= " if r["speedup_is_lower_bound"] else "") + f"{r['speedup']:.2f}x"
+
+
+def _fmt(x, spec=".3g"):
+    return "diverged" if x is None else format(x, spec)
+
+
+def speedup_table(results: dict) -> str:
+    """A markdown table: one row per task, then the summary per group."""
+    lines = ["| task | group | steps | speedup | final train loss: learned / tuned Adam / Adam 1e-3 | "
+             "final eval loss: learned / tuned Adam | tuned Adam lr |",
+             "|---|---|---:|---:|---|---|---:|"]
+    for r in results["tasks"]:
+        lines.append(f"| {r['name']} | {r['group']} | {r['steps']} | {_fmt_speedup(r)} | "
+                     f"{_fmt(r['lopt']['final_train'])} / {_fmt(r['adam']['final_train'])} / "
+                     f"{_fmt(r['adam_default']['final_train'])} | {_fmt(r['lopt']['final_eval'])} / "
+                     f"{_fmt(r['adam']['final_eval'])} | {r['adam']['lr']:.2g} |")
+    lines += ["", "| group | tasks | faster than 1x | at least 2x | at least 4x | median speedup |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for group, s in results["summary"].items():
+        if s["tasks"]:
+            lines.append(f"| {group} | {s['tasks']} | {s['faster_than_1x']:.0%} | {s['at_least_2x']:.0%} | "
+                         f"{s['at_least_4x']:.0%} | {s['median']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def cdf_points(speedups) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the survival curve: y = fraction of tasks with speedup >= x, at each sorted speedup."""
+    s = np.sort(np.asarray(list(speedups), np.float64))
+    return s, 1.0 - np.arange(len(s)) / max(len(s), 1)
+
+
+def plot_cdf(results: dict, ax=None):
+    """VeLO Figure-1 style: the fraction of tasks at least x times faster than tuned Adam, per group."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.4))
+    floor = 0.05
+    for group in GROUPS:
+        s = [max(r["speedup"], floor) for r in results["tasks"] if r["group"] == group]
+        if s:
+            x, y = cdf_points(s)
+            med = results["summary"][group]["median"]
+            ax.step(np.concatenate([[floor], x]), np.concatenate([[1.0], y]), where="post",
+                    label=f"{group} ({len(s)} tasks, median {med:.2f}x)")
+    for k in (1, 2, 4):
+        ax.axvline(k, color="k", lw=0.6, ls=":" if k > 1 else "-")
+    ax.set(xscale="log", ylim=(0, 1.02), xlabel="speedup over LR-tuned Adam (steps to reach the same loss)",
+           ylabel="fraction of tasks at least this fast", title=f"{results.get('optimizer', '')} vs tuned Adam")
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
+
+
+def plot_task_curves(results: dict, ncols: int = 4, names: Sequence[str] | None = None):
+    """A grid of smoothed training curves, one panel per task: learned, tuned Adam, Adam 1e-3."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["tasks"] if names is None or r["name"] in names]
+    nrows = max(1, -(-len(rows) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows), squeeze=False)
+    for ax, r in zip(axes.ravel(), rows):
+        c = r["curves"]
+        for label, key in (("learned", "lopt"), (f"Adam {r['adam']['lr']:.2g}", "adam"), ("Adam 1e-3", "adam_default")):
+            y = np.array([np.nan if v is None else v for v in c[key]])
+            ax.plot(c["step"], y, label=label, lw=1.2 if key != "adam_default" else 0.8)
+        if r["target_loss"] is not None:
+            ax.axhline(r["target_loss"], color="k", lw=0.5, ls=":")
+        ax.set_yscale("log")
+        ax.set_title(f"{r['name']}\n{r['group']}, {_fmt_speedup(r)}", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5)
+    for ax in axes.ravel()[len(rows):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

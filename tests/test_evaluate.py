@@ -1,0 +1,248 @@
+"""The evaluation harness: the speedup measure on curves with known answers, the
+summary fractions, the suite's held-out splits, and tuned Adam being the best of its grid."""
+import json
+
+import jax
+import matplotlib
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+matplotlib.use("Agg")
+
+from minilopt import evaluate as E  # noqa: E402
+from minilopt import tasks, train  # noqa: E402
+
+KEY = jax.random.key(0)
+
+
+def brute_force_reach(curve, window, level):
+    """First 1-based step n >= window with mean(curve[n-window:n]) <= level (a plain loop)."""
+    for n in range(window, len(curve) + 1):
+        if np.mean(curve[n - window:n]) <= level * (1 + 1e-9):   # float sums differ in the last bits
+            return n
+    return None
+
+
+# ---------------------------------------------------------------------------
+# smoothing and the measure
+# ---------------------------------------------------------------------------
+def test_smoothing_is_a_trailing_mean_over_full_windows_and_ends_at_final_loss():
+    curve = np.random.default_rng(0).uniform(0.5, 2.0, size=95)
+    w = E.default_window(len(curve))
+    assert w == 10
+    s = E.smooth(curve, w)
+    assert np.all(np.isnan(s[: w - 1]))
+    for i in (w - 1, 40, 94):
+        np.testing.assert_allclose(s[i], curve[i - w + 1: i + 1].mean(), rtol=1e-12)
+    np.testing.assert_allclose(s[-1], train.final_loss(curve, -1), rtol=1e-12)
+    # a NaN (a stopped run) poisons every later window: it never "reaches" anything
+    curve[50] = np.nan
+    assert np.all(np.isnan(E.smooth(curve, w)[50:]))
+
+
+def test_learned_optimizer_reaching_a_known_loss_at_a_known_step():
+    # Adam's curve is 1/t; the learned optimizer sits at 1 until step 99 and at 1e-4 from step 100 on.
+    T, w = 1000, 100
+    t = np.arange(1, T + 1)
+    adam = 1.0 / t
+    lopt = np.where(t < 100, 1.0, 1e-4)
+    m = E.speedup(adam, lopt)
+    # L* = Adam's final loss, the mean of 1/t over its last 100 steps; 1/t decreases, so Adam first gets
+    # there at its last step. The learned optimizer's first window of only 1e-4s ends at step 199.
+    assert m.target_loss == pytest.approx(np.mean(1.0 / np.arange(901, 1001)), rel=1e-12)
+    assert (m.steps_adam, m.steps_lopt) == (T, 199)
+    assert m.speedup == pytest.approx(T / 199)
+    assert not m.lower_bound
+    assert m.final_lopt == pytest.approx(1e-4) and w == E.default_window(T)
+
+
+def test_piecewise_constant_curves_give_the_exact_step_ratio():
+    # both drop from 1 to 0.5, Adam at step 600, the learned optimizer at step 200: equal final losses,
+    # and their first all-0.5 windows of 100 steps end at steps 700 and 300.
+    t = np.arange(1, 1001)
+    m = E.speedup(np.where(t <= 600, 1.0, 0.5), np.where(t <= 200, 1.0, 0.5))
+    assert (m.steps_adam, m.steps_lopt, m.target_loss) == (700, 300, 0.5)
+    assert m.speedup == pytest.approx(7 / 3)
+
+
+def test_a_learned_optimizer_that_ends_worse_gets_a_speedup_below_one():
+    T, w = 500, 50
+    t = np.arange(1, T + 1)
+    adam, lopt = 1.0 / t, 2.0 / t
+    m = E.speedup(adam, lopt)
+    target = np.mean(lopt[-w:])
+    assert m.target_loss == pytest.approx(target, rel=1e-12)
+    assert m.steps_lopt == T
+    assert m.steps_adam == brute_force_reach(adam, w, target)
+    assert m.speedup == pytest.approx(m.steps_adam / T) and m.speedup < 0.6
+
+
+def test_lower_bounds_and_divergence():
+    t = np.arange(1, 201)
+    adam = 1.0 / t
+    # already at its final loss in the first full window: the true speedup may be larger
+    m = E.speedup(adam, np.full(200, 1e-3))
+    assert m.steps_lopt == 20 and m.lower_bound and m.speedup == pytest.approx(200 / 20)
+    # a diverged learned optimizer: speedup 0
+    lopt = 1.0 / t
+    lopt[150:] = np.nan
+    assert E.speedup(adam, lopt).speedup == 0.0
+    # every Adam rate diverged: T / n_lopt, flagged
+    adam_nan = adam.copy()
+    adam_nan[10:] = np.nan
+    m = E.speedup(adam_nan, 1.0 / t)
+    assert m.lower_bound and m.speedup == pytest.approx(200 / 200)
+    with pytest.raises(ValueError, match="same length"):
+        E.speedup(adam, adam[:-1])
+    with pytest.raises(ValueError, match="window"):
+        E.speedup(adam, adam, window=500)
+
+
+curves = st.lists(st.floats(0.01, 10.0), min_size=30, max_size=60)
+
+
+@settings(max_examples=40, deadline=None)
+@given(curves, st.floats(0.1, 10.0), st.integers(0, 2 ** 31 - 1))
+def test_speedup_is_scale_free_and_swapping_inverts_it(a, scale, seed):
+    a = np.asarray(a)
+    b = np.random.default_rng(seed).permutation(a) * np.random.default_rng(seed).uniform(0.5, 1.5)
+    m = E.speedup(a, b)
+    # the rule only compares the two curves with each other, so a common scale changes nothing ...
+    assert E.speedup(scale * a, scale * b).speedup == pytest.approx(m.speedup)
+    # ... and L* = max(L_a, L_b) is symmetric, so swapping the roles gives the reciprocal
+    assert E.speedup(b, a).speedup * m.speedup == pytest.approx(1.0)
+    # n_X really is the first full window at or below L*
+    w = E.default_window(len(a))
+    assert m.steps_adam == brute_force_reach(a, w, m.target_loss)
+    assert m.steps_lopt == brute_force_reach(b, w, m.target_loss)
+
+
+def test_summary_fractions_and_cdf_on_known_speedups():
+    s = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0]
+    got = E.summarize(s)
+    assert got == {"tasks": 7, "faster_than_1x": 5 / 7, "at_least_2x": 4 / 7, "at_least_4x": 2 / 7, "median": 2.0}
+    x, y = E.cdf_points([4.0, 0.5, 2.0, 1.0])
+    np.testing.assert_array_equal(x, [0.5, 1.0, 2.0, 4.0])
+    np.testing.assert_allclose(y, [1.0, 0.75, 0.5, 0.25])   # fraction of tasks at least x fast
+    assert E.summarize([])["median"] is None
+
+
+# ---------------------------------------------------------------------------
+# the suite
+# ---------------------------------------------------------------------------
+def test_suite_has_held_out_in_family_tasks_and_labelled_out_of_family_tasks():
+    family = tasks.RandomFamily()
+    full = E.suite(1000)
+    quick = E.suite(300, quick=True)
+    assert len(full) >= 20 and {e.group for e in full} == set(E.GROUPS)
+    assert sum(e.group == "in-family" for e in full) >= 10 and sum(e.group == "out-of-family" for e in full) >= 10
+    assert len({e.name for e in full}) == len(full)
+    assert {e.name for e in quick} <= {e.name for e in full} and all(e.steps == 300 for e in quick)
+    assert any(e.steps == 4000 for e in full)                     # one task probes a longer horizon
+    # every training structure the family can draw (by name: dataset, model, widths, activation, batch)
+    train_names = {family.structure(jax.random.PRNGKey(s), "train").name for s in range(300)}
+    kinds = set()
+    for e in full:
+        assert e.task.name not in train_names and e.name not in train_names, e.name
+        if e.group == "in-family" and hasattr(e.task, "dataset"):
+            kinds.add((e.task.dataset, type(e.task).__name__))
+            assert e.task.batch_size in family.batch_sizes["heldout"]
+            assert e.task.batch_size not in family.batch_sizes["train"]
+            if isinstance(e.task, tasks.MLPTask):
+                assert set(e.task.hidden) <= set(family.widths["heldout"])
+            lo, hi = family.init_scale_range
+            assert lo <= float(e.task.init_scale) <= hi
+    assert kinds == {("digits", "MLPTask"), ("mnist1d", "MLPTask"), ("mnist1d", "ConvTask")}
+    assert any(isinstance(e.task, tasks.CharLMTask) for e in full)
+
+
+def test_in_family_quadratics_are_held_out_draws():
+    qf = tasks.QuadraticFamily()
+    quads = [e for e in E.suite(1000) if e.group == "in-family" and isinstance(e.task, tasks.QuadraticTask)]
+    assert len(quads) == 2
+    for seed, e in enumerate(quads):
+        heldout, trained = qf.sample(jax.random.PRNGKey(seed), "heldout"), qf.sample(jax.random.PRNGKey(seed), "train")
+        np.testing.assert_array_equal(e.task.curvatures, heldout.curvatures)
+        assert not np.allclose(e.task.curvatures, trained.curvatures)
+
+
+# ---------------------------------------------------------------------------
+# the baseline, and one end-to-end run
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_run():
+    """evaluate() on two tiny tasks, with Adam at 3e-2 standing in for the learned optimizer."""
+    entries = [E.SuiteTask("noisy_quadratic_5d", tasks.noisy_quadratic(dim=5, noise=0.3), 60, "out-of-family", "n"),
+               E.SuiteTask("quadratic_5d", tasks.quadratic(dim=5), 60, "in-family", "q")]
+    return entries, E.evaluate(lambda T: optax.adam(3e-2), entries, KEY, name="adam 3e-2", progress=False)
+
+
+def test_tuned_adam_is_the_best_of_its_grid_in_independent_runs(small_run):
+    entries, results = small_run
+    entry, r = entries[0], results["tasks"][0]
+    lrs = np.asarray(r["grid"]["lr"])
+    assert len(lrs) >= 10 and np.allclose(np.diff(np.log(lrs)), np.log(lrs[1] / lrs[0]))
+    assert np.any(np.isclose(lrs, 1e-3))
+    # rerun every rate of the grid on its own (not vmapped), from the same init and batches as
+    # fit(task, opt, steps, key) uses; the rate is an argument, so this compiles once
+    k_init, k_run = jax.random.split(E.task_key(KEY, entry.name))
+    params = entry.task.init(k_init)
+    one = jax.jit(lambda lr: train.make_run(entry.task, optax.adam(lr), entry.steps, entry.steps)(k_run, params))
+    finals = []
+    for lr in lrs:
+        loss, _, _, stopped = one(np.float32(lr))
+        finals.append(float(train.final_loss(np.asarray(loss), int(stopped))))
+    finals = np.asarray(finals)
+    swept = np.array([np.inf if v is None else v for v in r["grid"]["sweep_final_loss"]])
+    np.testing.assert_allclose(swept, finals, rtol=1e-4)
+    assert r["adam"]["final_train"] <= finals.min() * (1 + 1e-4)
+    assert r["adam"]["lr"] == pytest.approx(lrs[np.argmin(finals)])
+    assert r["adam"]["final_train"] <= r["adam_default"]["final_train"]
+
+
+def test_the_grid_grows_past_an_edge():
+    task = tasks.quadratic(dim=4, condition=10.0)
+    sweep = E.tuned_adam(task, 40, KEY, np.logspace(-6, -3, 10))
+    assert len(sweep.learning_rates) > 10 and sweep.best_lr > 1e-3 * 1.01
+    with pytest.raises(ValueError, match="at least 10"):
+        E.tuned_adam(task, 40, KEY, [1e-3, 1e-2])
+
+
+def test_results_are_complete_serialisable_and_consistent(small_run, tmp_path):
+    entries, results = small_run
+    path = E.save_results(results, tmp_path / "r.json")
+    loaded = E.load_results(path)
+    assert loaded == json.loads(json.dumps(results))
+    for r in loaded["tasks"]:
+        assert {"speedup", "lopt", "adam", "adam_default", "curves", "group", "steps"} <= set(r)
+        assert r["lopt"]["final_eval"] is not None and r["adam"]["final_eval"] is not None
+        assert len(r["curves"]["step"]) == len(r["curves"]["lopt"]) == len(r["curves"]["adam"])
+    assert loaded["summary"]["all"]["tasks"] == 2
+    assert loaded["summary"]["in-family"]["median"] == loaded["tasks"][1]["speedup"]
+    table = E.speedup_table(loaded)
+    assert all(e.name in table for e in entries) and "median speedup" in table
+    assert E.plot_cdf(loaded) is not None and E.plot_task_curves(loaded, ncols=2) is not None
+    # tuned Adam against itself is a speedup of 1 (same curves up to vmap-vs-loop rounding)
+    best_lr = loaded["tasks"][1]["adam"]["lr"]
+    again = E.evaluate(lambda T: optax.adam(best_lr), entries[1:], KEY, progress=False)
+    assert again["tasks"][0]["speedup"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_bad_input_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="evaluate_pretrained"):
+        E.load_results(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        E.load_results(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="empty"):
+        E.evaluate(lambda T: optax.adam(1e-3), [], KEY)
+    twice = [E.SuiteTask("q", tasks.quadratic(dim=2), 20, "in-family", "")] * 2
+    with pytest.raises(ValueError, match="unique"):
+        E.evaluate(lambda T: optax.adam(1e-3), twice, KEY)
+    with pytest.raises(ValueError, match="group"):
+        E.evaluate_task(lambda T: optax.adam(1e-3), E.SuiteTask("q", tasks.quadratic(dim=2), 20, "train", ""), KEY)
+    with pytest.raises(ValueError, match="steps"):
+        E.suite(5)
