@@ -69,3 +69,56 @@ class Explorer:
         bundle = dict(bundle)
         bundle["image/png"] = base64.b64encode(self.png).decode("ascii")  # the static frame
         return bundle
+
+
+# ---- lesson 03: the hyperoptimizer explorer --------------------------------------------
+
+def hyper_explorer(task=None, steps: int = 300, seed: int = 0) -> Explorer:
+    """Sliders for the initial step size α₀ and the hyper-step κ (log10 of each).
+
+    Each redraw trains plain SGD(α₀) and the tower SGD(α₀)/SGD(κ) from the same weights
+    and batches (one jitted run; α₀ and κ are traced, so moving a slider never
+    recompiles) and shows both loss curves and α's trajectory."""
+    import ipywidgets as widgets
+    import jax
+    import numpy as np
+
+    from . import tasks
+    from .hyper import rules, stack, trace
+
+    task = task if task is not None else tasks.digits_mlp(hidden=(64,), activation="tanh", batch_size=64)
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(seed))
+    params, keys = task.init(k_init), jax.random.split(k_run, steps)
+    loss_fn = lambda p, k: task.loss(p, task.batch(k))
+
+    @jax.jit
+    def curves(alpha, kappa):
+        plain = trace.run(loss_fn, params, rules.sgd(alpha), keys)
+        tower = trace.run(loss_fn, params, stack(rules.sgd(alpha), rules.sgd(kappa)), keys)
+        return plain.loss, tower.loss, tower.hyperparams[0]["alpha"]
+
+    def render(log10_alpha, log10_kappa):
+        alpha, kappa = 10.0 ** log10_alpha, 10.0 ** log10_kappa
+        plain, tower, alphas = (np.asarray(x) for x in curves(alpha, kappa))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 3))
+        ax1.semilogy(plain, label=f"SGD({alpha:.1e})", alpha=0.8)
+        ax1.semilogy(tower, label=f"SGD({alpha:.1e}) / SGD({kappa:.1e})", alpha=0.8)
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("minibatch loss")
+        ax1.legend(fontsize=7)
+        ax2.plot(alphas, color="C1")
+        ax2.axhline(alpha, color="k", ls=":", lw=1, label="α₀")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("α learned by the tower")
+        ax2.legend(fontsize=7)
+        fig.suptitle(f"{task.name}: plain SGD vs SGD/SGD", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    explorer = Explorer(
+        render,
+        log10_alpha=widgets.FloatSlider(value=-3.0, min=-6.0, max=1.0, step=0.5, description="log10 α₀"),
+        log10_kappa=widgets.FloatSlider(value=-3.0, min=-6.0, max=0.0, step=0.5, description="log10 κ"),
+    )
+    explorer.curves = curves  # the pure, jitted computation behind each frame (for tests)
+    return explorer

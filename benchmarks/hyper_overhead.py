@@ -1,0 +1,248 @@
+"""The cost of hyperoptimizing: step time and memory per stack height, against optax.adam.
+
+Model: a tanh MLP 784-W-W-10 (W=1024: 1.86M parameters) on synthetic data held on
+the device, minibatches sampled inside the jitted loop. For each optimizer we time
+many steps inside one jitted `lax.scan` and divide, best of several repeats, all in
+this process:
+
+    optax.adam                        the baseline
+    minilopt Adam                     height 0 (the paper's Adam rule, v starting at eps)
+    Adam/SGD, Adam/SGD/SGD, ...       heights 1..3
+    hyperoptimize(optax adam)         height 1 through optax.inject_hyperparams
+
+Memory: the optimizer state's bytes, and the extra bytes each level adds, also in
+units of one parameter-sized copy.
+
+If a Python with PyTorch and the released `gradient_descent_the_ultimate_optimizer`
+package is found (--gdtuo-python, default /tmp/gdtuo-venv/bin/python; see
+tests/tools/make_gdtuo_reference.py to make one), the same MLP, batch and stacks are
+timed there too, in a subprocess, with the package's own training loop; we also record
+how its resident memory grows (create_graph keeps references alive).
+
+    python benchmarks/hyper_overhead.py --quick   # CPU: batch 64, fewer steps (~2 min on 2 cores)
+    python benchmarks/hyper_overhead.py           # full (GPU): batch 256, 500 steps per timing
+
+Writes results/hyper_overhead[_quick]_<platform>.json and .png. Needs only jax, optax,
+numpy, matplotlib and minilopt (PyTorch is optional and only ever in the subprocess).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from minilopt import hyper, nn  # noqa: E402
+from minilopt.hyper import rules  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+N_DATA = 4096
+
+
+def optimizers():
+    """label -> (height, optimizer). The hyper-step sizes do not change the cost."""
+    sgd = lambda: rules.sgd(1e-6)
+    return {
+        "optax.adam": (None, optax.adam(1e-3)),
+        "Adam (height 0)": (0, rules.adam(1e-3)),
+        "Adam/SGD": (1, hyper.stack(rules.adam(1e-3), sgd())),
+        "Adam/SGD/SGD": (2, hyper.stack(rules.adam(1e-3), sgd(), sgd())),
+        "Adam/SGD/SGD/SGD": (3, hyper.stack(rules.adam(1e-3), sgd(), sgd(), sgd())),
+        "hyperoptimize(optax adam)/SGD": (1, hyper.hyperoptimize(
+            optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), by=optax.sgd(1e-6))),
+    }
+
+
+def make_problem(width, key):
+    k_x, k_y, k_p = jax.random.split(key, 3)
+    x = jax.random.normal(k_x, (N_DATA, 784))
+    y = jax.random.randint(k_y, (N_DATA,), 0, 10)
+    params = nn.mlp_init(k_p, (784, width, width, 10))
+
+    def loss(params, idx):
+        return nn.softmax_cross_entropy(nn.mlp(params, x[idx], jnp.tanh), y[idx])
+    return params, loss
+
+
+def make_loop(loss, opt, batch, steps):
+    opt = optax.with_extra_args_support(opt)
+
+    def run(params, state, key):
+        def step(carry, k):
+            params, state = carry
+            l, g = jax.value_and_grad(loss)(params, jax.random.randint(k, (batch,), 0, N_DATA))
+            updates, state = opt.update(g, state, params, value=l)
+            return (optax.apply_updates(params, updates), state), l
+        (params, state), losses = jax.lax.scan(step, (params, state), jax.random.split(key, steps))
+        return params, state, losses[-1]
+    return jax.jit(run, donate_argnums=(0, 1))
+
+
+def nbytes(tree) -> int:
+    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)))
+
+
+def time_minilopt(width, batch, steps, repeats):
+    params0, loss = make_problem(width, jax.random.PRNGKey(0))
+    n_params = sum(x.size for x in jax.tree.leaves(params0))
+    param_bytes = nbytes(params0)
+    runs, rows = {}, {}
+    for label, (height, opt) in optimizers().items():
+        loop = make_loop(loss, opt, batch, steps)
+        params = jax.tree.map(jnp.copy, params0)
+        state = jax.tree.map(jnp.copy, opt.init(params))  # own buffers: the loop donates them
+        rows[label] = {"height": height, "state_bytes": nbytes(state),
+                       "state_in_param_copies": nbytes(state) / param_bytes, "step_times": []}
+        runs[label] = [loop, *loop(params, state, jax.random.PRNGKey(1))]  # compile and warm up
+    for r in range(repeats):  # round robin, so a busy moment hurts every optimizer alike
+        for label, run in runs.items():
+            loop, params, state, _ = run
+            t0 = time.perf_counter()
+            params, state, l = loop(params, state, jax.random.PRNGKey(2 + r))
+            jax.block_until_ready(l)
+            rows[label]["step_times"].append((time.perf_counter() - t0) / steps)
+            runs[label] = [loop, params, state, l]
+    for label, row in rows.items():
+        row["step_s"], row["final_loss"] = min(row["step_times"]), float(runs[label][3])
+        print(f"{label:32s} {1e3 * row['step_s']:8.3f} ms/step   state {row['state_bytes'] / 2**20:7.2f} MiB "
+              f"({row['state_in_param_copies']:.2f}x params)")
+    base = rows["optax.adam"]["step_s"]
+    for label, r in rows.items():
+        r["ratio_to_optax_adam"] = r["step_s"] / base
+    tower = tower_rows(rows)
+    for h in range(1, len(tower)):
+        tower[h]["ratio_to_height_below"] = tower[h]["step_s"] / tower[h - 1]["step_s"]
+        tower[h]["extra_state_bytes"] = tower[h]["state_bytes"] - tower[h - 1]["state_bytes"]
+    return {"n_params": int(n_params), "param_bytes": param_bytes, "rows": rows}
+
+
+def tower_rows(rows) -> dict:
+    """height -> row, for the Adam/SGD/... tower."""
+    return {r["height"]: r for k, r in rows.items() if k.startswith("Adam")}
+
+
+GDTUO_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch
+    import torch.nn.functional as F
+    from gradient_descent_the_ultimate_optimizer import gdtuo
+    width, batch, steps, heights = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+    torch.manual_seed(0)
+    x, y = torch.randn(4096, 784), torch.randint(0, 10, (4096,))
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": {}}
+    for h in heights:
+        model = torch.nn.Sequential(torch.nn.Linear(784, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+                                    torch.nn.Tanh(), torch.nn.Linear(width, 10))
+        opt = gdtuo.NoOpOptimizer()
+        for _ in range(h):
+            opt = gdtuo.SGD(1e-6, optimizer=opt)
+        mw = gdtuo.ModuleWrapper(model, optimizer=gdtuo.Adam(1e-3, optimizer=opt))
+        mw.initialize()
+        def step():
+            idx = torch.randint(0, 4096, (batch,))
+            mw.begin()
+            loss = F.cross_entropy(mw.forward(x[idx]), y[idx])
+            mw.zero_grad()
+            loss.backward(create_graph=True)
+            mw.step()
+            return loss.item()
+        for _ in range(3):
+            step()
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        dt = (time.perf_counter() - t0) / steps
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["rows"][str(h)] = {"step_s": dt, "max_rss_growth_kib": rss1 - rss0}
+    print(json.dumps(out))
+""")
+
+
+def time_gdtuo(python, width, batch, steps):
+    if not python or not pathlib.Path(python).exists():
+        return {"skipped": f"no Python with PyTorch and gdtuo at {python!r}"}
+    proc = subprocess.run([python, "-c", GDTUO_SCRIPT, str(width), str(batch), str(steps), json.dumps([0, 1, 2, 3])],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        return {"skipped": f"the gdtuo subprocess failed: {proc.stderr.strip()[-500:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="batch 64, fewer steps (CPU)")
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--gdtuo-python", default="/tmp/gdtuo-venv/bin/python")
+    args = ap.parse_args()
+    batch = args.batch or (64 if args.quick else 256)
+    steps, repeats, gdtuo_steps = (40, 3, 20) if args.quick else (500, 5, 50)
+    t0 = time.perf_counter()
+    ours = time_minilopt(args.width, batch, steps, repeats)
+    print(f"{ours['n_params']:,} parameters, batch {batch}")
+    theirs = time_gdtuo(args.gdtuo_python, args.width, batch, gdtuo_steps)
+    if "rows" in theirs:
+        by_height = tower_rows(ours["rows"])
+        for h, r in theirs["rows"].items():
+            r["gdtuo_over_minilopt"] = r["step_s"] / by_height[int(h)]["step_s"]
+            print(f"gdtuo height {h}: {1e3 * r['step_s']:8.3f} ms/step = {r['gdtuo_over_minilopt']:.1f}x minilopt; "
+                  f"max RSS grew {r['max_rss_growth_kib'] / 1024:.1f} MiB over {gdtuo_steps} steps")
+    else:
+        print(theirs["skipped"])
+    payload = {"device": {"platform": jax.devices()[0].platform, "device": jax.devices()[0].device_kind,
+                          "jax": jax.__version__, "host": platform.machine(), "cpus": os.cpu_count()},
+               "model": f"tanh MLP 784-{args.width}-{args.width}-10, synthetic data", "batch": batch,
+               "steps_per_timing": steps, "repeats": repeats, "minilopt": ours, "gdtuo": theirs,
+               "seconds": time.perf_counter() - t0}
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"hyper_overhead{'_quick' if args.quick else ''}_{jax.devices()[0].platform}"
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot(payload, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json/.png in {payload['seconds']:.0f} s")
+
+
+def plot(payload, path):
+    rows = payload["minilopt"]["rows"]
+    heights = sorted(tower_rows(rows).items())
+    base = rows["optax.adam"]["step_s"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    hs = [h for h, _ in heights]
+    ax.plot(hs, [1e3 * r["step_s"] for _, r in heights], "o-", label="minilopt Adam/SGD/...")
+    ax.axhline(1e3 * base, color="k", ls="--", label="optax.adam")
+    if "rows" in payload["gdtuo"]:
+        g = payload["gdtuo"]["rows"]
+        ax.plot([int(h) for h in g], [1e3 * g[h]["step_s"] for h in g], "s-", color="C3", label="gdtuo (PyTorch)")
+        ax.set_yscale("log")
+    ax.set_xticks(hs)
+    ax.set_xlabel("stack height")
+    ax.set_ylabel("ms per step")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{payload['minilopt']['n_params'] / 1e6:.2f}M params, batch {payload['batch']}, "
+                 f"{payload['device']['platform']}", fontsize=9)
+    ax2.bar(hs, [r["state_in_param_copies"] for _, r in heights], color="C0")
+    ax2.axhline(rows["optax.adam"]["state_in_param_copies"], color="k", ls="--", label="optax.adam")
+    ax2.set_xticks(hs)
+    ax2.set_xlabel("stack height")
+    ax2.set_ylabel("optimizer state (parameter copies)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=75)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
