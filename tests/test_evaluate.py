@@ -246,3 +246,120 @@ def test_bad_input_is_named(tmp_path):
         E.evaluate_task(lambda T: optax.adam(1e-3), E.SuiteTask("q", tasks.quadratic(dim=2), 20, "train", ""), KEY)
     with pytest.raises(ValueError, match="steps"):
         E.suite(5)
+
+
+# ---------------------------------------------------------------------------
+# pretrained(): the shipped-weights format, errors and the horizon warning
+# ---------------------------------------------------------------------------
+import warnings  # noqa: E402
+
+from minilopt import pretrained as P  # noqa: E402  (the module; the lead may re-export the function)
+from minilopt.lopt import MLPLOpt  # noqa: E402
+
+if callable(P) and not hasattr(P, "load"):  # `minilopt.pretrained` re-exported as the function
+    import importlib
+    P = importlib.import_module("minilopt.pretrained")
+
+LOPT_KW = {"hidden": [8], "step_mult": 3e-3}
+
+
+@pytest.fixture
+def weights(tmp_path):
+    lopt = MLPLOpt(**LOPT_KW)
+    theta = jax.tree.map(lambda x: x + 0.01, lopt.init(jax.random.key(3)))
+    P.save(tmp_path / "w", theta, lopt="MLPLOpt", kwargs=LOPT_KW, horizon=50, note="test weights")
+    return tmp_path / "w", lopt, theta
+
+
+def test_saved_weights_load_and_train(weights):
+    path, lopt, theta = weights
+    loaded = P.load(path)
+    assert loaded.horizon == 50 and loaded.config["note"] == "test weights"
+    for a, b in zip(jax.tree.leaves(loaded.theta), jax.tree.leaves(theta)):
+        np.testing.assert_array_equal(a, b)
+    # the loaded optimizer is the same function as lopt.optimizer(theta, T): same updates
+    task = tasks.quadratic(dim=4, condition=10.0)
+    params = task.init(jax.random.key(1))
+    grads = jax.grad(task.loss)(params, task.batch(jax.random.key(2)))
+    ours, ref = P.pretrained(50, path=path / "config.json"), lopt.optimizer(theta, 50)
+    u1, _ = ours.update(grads, ours.init(params), params, value=1.0)
+    u2, _ = ref.update(grads, ref.init(params), params, value=1.0)
+    np.testing.assert_allclose(u1["x"], u2["x"], rtol=1e-6)
+    run = train.fit(task, P.pretrained(50, path=path), 50, jax.random.key(1))
+    assert run.stopped_at is None and run.train_loss[-5:].mean() < 0.9 * run.train_loss[0]
+
+
+def test_missing_or_corrupt_weights_name_the_file_and_the_fix(weights, tmp_path):
+    path, _, _ = weights
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*config\.json is missing.*git checkout"):
+        P.pretrained(10, path=tmp_path / "nowhere")
+    config = json.loads((path / "config.json").read_text())
+
+    def rewrite(**changes):
+        (path / "config.json").write_text(json.dumps({**config, **changes}))
+
+    blob = (path / "theta.npz").read_bytes()
+    (path / "theta.npz").write_bytes(blob[: len(blob) // 2])          # a truncated download
+    with pytest.raises(ValueError, match=r"theta\.npz is corrupt.*sha256"):
+        P.load(path)
+    config.pop("sha256")                                            # without a checksum: the npz reader
+    rewrite()
+    with pytest.raises(ValueError, match=r"theta\.npz.*not a readable \.npz"):
+        P.load(path)
+    (path / "theta.npz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"theta\.npz \(named in .*config\.json\) is missing"):
+        P.load(path)
+    lopt = MLPLOpt(**LOPT_KW)
+    nan_theta = jax.tree.map(lambda x: x * np.nan, lopt.init(jax.random.key(0)))
+    from minilopt.lopt import checkpoint
+    checkpoint.save(path / "theta.npz", nan_theta)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        P.load(path)
+    checkpoint.save(path / "theta.npz", lopt.init(jax.random.key(0)))
+    rewrite(kwargs={"hidden": [16]})
+    with pytest.raises(ValueError, match=r"does not hold weights for MLPLOpt.*shape"):
+        P.load(path)
+    rewrite(lopt="Bogus")
+    with pytest.raises(ValueError, match="unknown lopt 'Bogus'"):
+        P.load(path)
+    (path / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        P.load(path)
+
+
+def test_far_beyond_the_trained_horizon_warns_and_the_suggestion_works(weights):
+    path, _, _ = weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        P.pretrained(200, path=path)                     # 4x the horizon of 50: fine
+    with pytest.warns(RuntimeWarning, match=r"5\.0x the horizon.*accumulate gradients.*every_k_schedule=5"):
+        P.pretrained(250, path=path)
+    # what the warning suggests: 250 gradient steps, 50 learned-optimizer steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = optax.MultiSteps(P.pretrained(50, path=path), every_k_schedule=5).gradient_transformation()
+    run = train.fit(tasks.quadratic(dim=4, condition=10.0), opt, 250, jax.random.key(1), eval_every=250)
+    assert run.stopped_at is None and run.train_loss[-10:].mean() < run.train_loss[0]
+
+
+def test_export_from_a_meta_training_checkpoint(tmp_path):
+    from minilopt.meta.trainer import save_checkpoint
+    lopt = MLPLOpt(**LOPT_KW)
+    theta = lopt.init(jax.random.key(5))
+    save_checkpoint(tmp_path / "run" / "checkpoint.npz", {"theta": theta, "step": np.int64(7)}, {})
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"lopt": "mlp", "lopt_kwargs": LOPT_KW, "horizons": [20, 60]}))
+    out = P.export_run(tmp_path / "run", recipe, tmp_path / "shipped")
+    loaded = P.load(out.parent)
+    assert loaded.horizon == 60 and loaded.config["recipe"]["lopt"] == "mlp"
+    np.testing.assert_array_equal(loaded.theta["layer_0"]["w"], theta["layer_0"]["w"])
+
+
+def test_the_shipped_weights_load_and_train():
+    if not (P.DEFAULT_DIR / P.CONFIG).exists():
+        pytest.skip(f"no shipped weights in {P.DEFAULT_DIR} yet (the lead commits them after meta-training)")
+    weights = P.load()
+    task = tasks.digits_mlp(hidden=(32,), batch_size=64)
+    run = train.fit(task, P.pretrained(weights.horizon), weights.horizon, jax.random.key(0),
+                    eval_every=weights.horizon)
+    assert run.stopped_at is None and run.train_loss[-20:].mean() < 0.5 * run.train_loss[:20].mean()

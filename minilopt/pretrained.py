@@ -1,0 +1,194 @@
+"""The learned optimizer that ships with minilopt, with no hyperparameter but `num_steps`.
+
+    opt = minilopt.pretrained(num_steps=1000)          # an optax GradientTransformationExtraArgs
+    result = train.fit(task, opt, 1000, key)           # use the same num_steps you train for
+
+The weights live in `minilopt/lopt/pretrained/` as two files:
+
+    config.json   {"format": "minilopt-pretrained/1",
+                   "lopt": "MLPLOpt",                 # a class of minilopt.lopt
+                   "kwargs": {"hidden": [32], ...},   # its constructor arguments
+                   "horizon": 1000,                   # the num_steps T it was meta-trained with
+                   "theta": "theta.npz",              # file name, relative to config.json
+                   "sha256": "…",                     # of theta.npz (optional; checked when present)
+                   ...}                               # anything else: the recipe, a note, the run
+    theta.npz     θ, written by `minilopt.lopt.checkpoint.save`
+
+`save(directory, theta, ...)` writes both; `python -m minilopt.pretrained RUN_DIR
+--recipe configs/pretrained_mlp.json` exports θ from a meta-training run.
+
+Like VeLO, the optimizer knows where it is in training (t / num_steps), and it was
+meta-trained for runs of `horizon` steps. Far longer runs are outside what it has
+seen: beyond 4x the horizon `pretrained` warns and suggests what VeLO's wrapper
+does past its trained length, accumulating k gradients per update so the optimizer
+takes about `horizon` steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pathlib
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from .lopt import LSTMLOpt, MLPLOpt, VeLO, checkpoint
+
+FORMAT = "minilopt-pretrained/1"
+DEFAULT_DIR = pathlib.Path(__file__).resolve().parent / "lopt" / "pretrained"
+CONFIG, THETA = "config.json", "theta.npz"
+LOPTS = {"MLPLOpt": MLPLOpt, "LSTMLOpt": LSTMLOpt, "VeLO": VeLO}
+HORIZON_FACTOR = 4        # warn when num_steps > HORIZON_FACTOR * horizon
+
+_FIX = ("The shipped weights live in minilopt/lopt/pretrained/ (restore them with "
+        "`git checkout minilopt/lopt/pretrained` or reinstall minilopt), or meta-train your own "
+        "(`minilopt meta-train configs/pretrained_mlp.json`), export them with "
+        "`python -m minilopt.pretrained RUN_DIR --recipe configs/pretrained_mlp.json --out DIR`, "
+        "and pass path=DIR.")
+
+
+class Pretrained(NamedTuple):
+    lopt: Any          # the learned optimizer (e.g. an MLPLOpt)
+    theta: Any         # its meta-parameters
+    horizon: int       # the num_steps it was meta-trained with
+    config: dict       # the whole config.json
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _config_path(path) -> pathlib.Path:
+    path = DEFAULT_DIR if path is None else pathlib.Path(path)
+    return path / CONFIG if path.is_dir() or path.suffix != ".json" else path
+
+
+def _read_config(file: pathlib.Path) -> dict:
+    if not file.is_file():
+        raise FileNotFoundError(f"no pretrained weights: {file} is missing. {_FIX}")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is corrupt (not valid JSON: {e}). {_FIX}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} is corrupt: expected a JSON object, got {type(config).__name__}. {_FIX}")
+    missing = [k for k in ("format", "lopt", "kwargs", "horizon", "theta") if k not in config]
+    if missing:
+        raise ValueError(f"{file} lacks the keys {missing} (see minilopt.pretrained's docstring). {_FIX}")
+    if config["format"] != FORMAT:
+        raise ValueError(f"{file}: format {config['format']!r}, expected {FORMAT!r}; "
+                         "it was written by another version of minilopt")
+    if config["lopt"] not in LOPTS:
+        raise ValueError(f"{file}: unknown lopt {config['lopt']!r}; choose one of {sorted(LOPTS)}")
+    if not isinstance(config["kwargs"], dict):
+        raise ValueError(f"{file}: kwargs must be a JSON object of constructor arguments")
+    if not (isinstance(config["horizon"], int) and config["horizon"] > 0):
+        raise ValueError(f"{file}: horizon must be a positive int, got {config['horizon']!r}")
+    return config
+
+
+def load(path=None) -> Pretrained:
+    """Read and check the weights in `path` (a directory holding config.json, or the
+    config file itself; default: the shipped ones). Missing files are a
+    FileNotFoundError, corrupt ones a ValueError; both name the file and the fix."""
+    file = _config_path(path)
+    config = _read_config(file)
+    try:
+        lopt = LOPTS[config["lopt"]](**config["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{file}: cannot build {config['lopt']}(**{config['kwargs']}): {e}") from None
+    theta_file = file.parent / config["theta"]
+    if not theta_file.is_file():
+        raise FileNotFoundError(f"no pretrained weights: {theta_file} (named in {file}) is missing. {_FIX}")
+    if "sha256" in config and _sha256(theta_file) != config["sha256"]:
+        raise ValueError(f"{theta_file} is corrupt: its sha256 differs from the one recorded in {file}. {_FIX}")
+    try:
+        theta = checkpoint.load(theta_file, like=lopt.init(jax.random.PRNGKey(0)))
+    except ValueError as e:
+        raise ValueError(f"{theta_file} does not hold weights for {config['lopt']}(**{config['kwargs']}): "
+                         f"{e}. {_FIX}") from None
+    for p, leaf in jax.tree_util.tree_leaves_with_path(theta):
+        if not np.all(np.isfinite(leaf)):
+            raise ValueError(f"{theta_file} is corrupt: theta{jax.tree_util.keystr(p)} holds NaN or inf. {_FIX}")
+    return Pretrained(lopt, theta, config["horizon"], config)
+
+
+def check_horizon(num_steps, horizon: int, stacklevel: int = 3) -> None:
+    """A RuntimeWarning when `num_steps` is more than HORIZON_FACTOR times `horizon`."""
+    try:
+        steps = float(num_steps)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return
+    if steps > HORIZON_FACTOR * horizon:
+        k = math.ceil(steps / horizon)
+        warnings.warn(
+            f"num_steps={int(steps)} is {steps / horizon:.1f}x the horizon this optimizer was meta-trained on "
+            f"({horizon} steps); learned optimizers are unreliable far beyond their trained horizon. "
+            f"As VeLO's wrapper does for long runs, accumulate gradients so it takes about {horizon} steps: "
+            f"optax.MultiSteps(minilopt.pretrained({int(steps) // k}), every_k_schedule={k}).gradient_transformation()",
+            RuntimeWarning, stacklevel=stacklevel)
+
+
+def pretrained(num_steps: int, *, path=None) -> optax.GradientTransformationExtraArgs:
+    """The shipped learned optimizer for a run of `num_steps` steps (an optax
+    transformation: `update(grads, state, params, value=loss)`). `path` loads
+    other weights in the same format (see the module docstring)."""
+    weights = load(path)
+    check_horizon(num_steps, weights.horizon)
+    return weights.lopt.optimizer(weights.theta, num_steps)
+
+
+def save(directory, theta, *, lopt: str, kwargs: dict, horizon: int, **info) -> pathlib.Path:
+    """Write `theta` and its config.json into `directory` (created if needed); `info`
+    (the recipe, the run, a note) is stored in the config too. Returns the config path.
+    The weights are loaded back and checked before this returns."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if lopt not in LOPTS:
+        raise ValueError(f"unknown lopt {lopt!r}; choose one of {sorted(LOPTS)}")
+    checkpoint.save(directory / THETA, jax.device_get(theta))
+    config = {"format": FORMAT, "lopt": lopt, "kwargs": kwargs, "horizon": int(horizon), "theta": THETA,
+              "sha256": _sha256(directory / THETA), **info}
+    (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+    load(directory)
+    return directory / CONFIG
+
+
+def export_run(run_dir, recipe, out=DEFAULT_DIR) -> pathlib.Path:
+    """θ from a meta-training run (`run_dir/checkpoint.npz`) into `out`, with the
+    learned-optimizer class, its arguments and the horizon read from `recipe` (a
+    JSON config with keys "lopt" ("mlp"), optional "lopt_kwargs", and "horizon")."""
+    from .meta import load_theta
+
+    recipe_file = pathlib.Path(recipe)
+    spec = json.loads(recipe_file.read_text())
+    names = {"mlp": "MLPLOpt", "lstm": "LSTMLOpt", "velo": "VeLO"}
+    name = names.get(spec.get("lopt"), spec.get("lopt"))
+    if name not in LOPTS:
+        raise ValueError(f"{recipe_file}: unknown lopt {spec.get('lopt')!r}; use one of {sorted(names)}")
+    kwargs = spec.get("lopt_kwargs", {})
+    horizon = spec.get("horizon") or max(spec.get("horizons", [0]))
+    lopt = LOPTS[name](**kwargs)
+    theta = load_theta(run_dir, like=lopt.init(jax.random.PRNGKey(0)))
+    return save(out, theta, lopt=name, kwargs=kwargs, horizon=int(horizon), recipe=spec,
+                run=str(pathlib.Path(run_dir)))
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Export θ from a meta-training run as pretrained weights.")
+    ap.add_argument("run_dir", help="the meta-training output directory (holds checkpoint.npz)")
+    ap.add_argument("--recipe", required=True, help="the recipe JSON the run was made with")
+    ap.add_argument("--out", default=str(DEFAULT_DIR), help=f"where to write (default {DEFAULT_DIR})")
+    args = ap.parse_args(argv)
+    path = export_run(args.run_dir, args.recipe, args.out)
+    print(f"wrote {path} and {path.parent / THETA}")
+
+
+if __name__ == "__main__":
+    main()
