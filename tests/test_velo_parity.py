@@ -218,3 +218,83 @@ def test_legacy_lstm_state_is_not_carried():
     np.testing.assert_array_equal(legacy.lstm_hidden, init_h)
     assert not np.allclose(carried.lstm_hidden, init_h)
     assert not np.allclose(get(ups_old[1], "dense/w"), get(ups_new[1], "dense/w"), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The optax interface and bad input (a tiny random VeLO, H=8, P=4)
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    velo = V.VeLO(hidden=8, mixtures=4)
+    return velo, velo.init(jax.random.PRNGKey(0))
+
+
+def test_theta_layout_and_count_follow_the_spec(tiny):
+    velo, theta = tiny
+    H, P = 8, 4
+    assert sum(x.size for x in jax.tree.leaves(theta)) == 8 * H * H + (100 + P) * H + 160 * P + 1
+    assert theta["rnn_params"]["rnn/linear"]["w"].shape == (2 * H, 4 * H)
+    assert theta["ff_mod_stack"]["~"]["w0__13"].shape == (P, 3, 4)
+    assert not np.any(theta["lstm_init_state"]["hidden"]) and not np.any(theta["ff_mod_stack"]["~"]["b0"])
+    w = np.asarray(theta["rnn_params"]["linear_1"]["w"])  # TN(0, 1/fan_in), fan_in 30
+    assert 0.7 < w.std() * np.sqrt(30) < 1.3
+
+
+def test_bad_arguments_are_clear_errors(tiny):
+    velo, theta = tiny
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="num_steps"):
+            velo.optimizer(theta, bad)
+    with pytest.raises(ValueError, match=r"theta\[ff_mod_stack/~/w0__0\] has shape \(4, 1, 4\), expected \(6, 1, 4\)"):
+        V.VeLO(hidden=8, mixtures=6).optimizer(theta, 10)
+    opt = velo.optimizer(theta, 10)
+    params = {"w": jnp.ones((3, 2)), "count": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError, match=r"\['count'\].*int32"):
+        opt.init(params)
+    params = {"w": jnp.ones((3, 2))}
+    state = opt.init(params)
+    with pytest.raises(ValueError, match="value=loss"):
+        opt.update(params, state, params)
+    with pytest.raises(ValueError, match="needs the parameters"):
+        opt.update(params, state, value=1.0)
+
+
+def test_non_finite_inputs_give_finite_updates_and_dtypes_are_kept(tiny):
+    """Gradients with NaN, ±inf and 1e30 and a NaN loss: finite updates (the
+    gradient clip and the loss buffer guard). bfloat16 parameters stay bfloat16."""
+    velo, theta = tiny
+    opt = optax.chain(velo.optimizer(theta, 50), optax.clip_by_global_norm(1.0))
+    params = {"conv": jnp.ones((2, 3, 3, 2), jnp.bfloat16), "b": jnp.zeros((3,)), "s": jnp.float32(0.5),
+              "w": jnp.linspace(-1, 1, 12).reshape(4, 3)}
+    bad = {"conv": jnp.full((2, 3, 3, 2), jnp.nan, jnp.bfloat16), "b": jnp.asarray([jnp.inf, -jnp.inf, 1e30]),
+           "s": jnp.float32(jnp.nan), "w": jnp.full((4, 3), 1e30)}
+    losses = jnp.asarray([jnp.nan, 1.0, jnp.inf, 2.0])
+
+    @jax.jit
+    def run(params):
+        def step(carry, loss):
+            params, state = carry
+            updates, state = opt.update(bad, state, params, value=loss)
+            return (optax.apply_updates(params, updates), state), updates
+        return jax.lax.scan(step, (params, opt.init(params)), losses)
+
+    (final, state), updates = run(params)
+    for tree in (final, updates):
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            assert np.isfinite(np.asarray(x, np.float32)).all(), jax.tree_util.keystr(path)
+    assert final["conv"].dtype == jnp.bfloat16 and updates["conv"].dtype == jnp.bfloat16
+    assert final["w"].dtype == jnp.float32
+    assert not np.allclose(final["w"], params["w"])  # it did move
+    assert np.isfinite(np.asarray(state[0].loss_buffer["means"])).all()
+
+
+def test_velo_trains_inside_fit(tiny):
+    from minilopt import tasks, train
+
+    velo, theta = tiny
+    task = tasks.quadratic(dim=6)
+    result = train.fit(task, velo.optimizer(theta, 30), 30, jax.random.PRNGKey(0))
+    assert result.train_loss.shape == (30,) and result.stopped_at is None
+    assert np.isfinite(result.train_loss).all()
+    start = task.init(jax.random.PRNGKey(0))
+    assert not np.allclose(jax.tree.leaves(result.params)[0], jax.tree.leaves(start)[0])

@@ -83,17 +83,22 @@ def _is_shape(x) -> bool:
 
 def init_theta(key, hidden: int = 512, mixtures: int = 256) -> dict:
     """A from-scratch theta: every weight `w…` ~ TN(0, 1/fan_in), with fan_in its
-    second-to-last dimension; biases `b…` and the initial LSTM state are zero."""
+    second-to-last dimension; biases `b…` and the initial LSTM state are zero.
+
+    All weights come from ONE truncated-normal draw, cut into pieces (one call per
+    leaf would compile a sampler per shape)."""
     shapes = theta_shapes(hidden, mixtures)
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)
-    keys = jax.random.split(key, len(flat))
-    out = []
-    for k, (path, shape) in zip(keys, flat):
-        name = path[-1].key
-        if name.startswith("w"):
-            out.append(nn.truncated_normal(k, shape, 1.0 / np.sqrt(shape[-2])))
+    is_weight = [path[-1].key.startswith("w") for path, _ in flat]
+    sizes = [int(np.prod(shape)) if w else 0 for (_, shape), w in zip(flat, is_weight)]
+    noise = nn.truncated_normal(key, (sum(sizes),), 1.0)
+    out, start = [], 0
+    for (_, shape), w, size in zip(flat, is_weight, sizes):
+        if w:
+            out.append(noise[start:start + size].reshape(shape) / np.sqrt(shape[-2]))
         else:
             out.append(jnp.zeros(shape, jnp.float32))
+        start += size
     return jax.tree.unflatten(treedef, out)
 
 
