@@ -123,7 +123,7 @@ def _out_of_family(steps, quick):
     o = lambda name, task, note, mult=1: SuiteTask(name, task, mult * steps, "out-of-family", note)
     entries = [
         o("digits_logreg", T.digits_logreg(), "no hidden layer (family: 1-2 layers)"),
-        o("noisy_quadratic", T.noisy_quadratic(dim=10, noise=1.0), "noisy targets (family: noise-free)"),
+        o("noisy_quadratic", T.noisy_quadratic(dim=10, noise=1.0, batch_size=8), "noisy targets (family: noise-free)"),
     ]
     if quick:
         return entries
@@ -431,6 +431,7 @@ def plot_task_curves(results: dict, ncols: int = 4, names: Sequence[str] | None 
     import matplotlib.pyplot as plt
 
     rows = [r for r in results["tasks"] if names is None or r["name"] in names]
+    ncols = max(1, min(ncols, len(rows)))
     nrows = max(1, -(-len(rows) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows), squeeze=False)
     for ax, r in zip(axes.ravel(), rows):
