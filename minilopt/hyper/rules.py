@@ -114,7 +114,7 @@ def _raw_init(spec: dict, dtype) -> dict:
 
 def _same_dtype(tree, like):
     # A float64 hyperparameter must not silently widen float32 weights or slots.
-    return jax.tree.map(lambda x, l: x.astype(l.dtype), tree, like)
+    return jax.tree.map(lambda x, l: x.astype(jnp.result_type(l)), tree, like)
 
 
 # ---- the rules ---------------------------------------------------------------------

@@ -1,0 +1,58 @@
+import jax
+import numpy as np
+import pytest
+
+from minilopt.checks import ExerciseError, lesson02 as L
+
+
+def blank(*args):
+    raise NotImplementedError("Exercise: fill me in")
+
+
+def test_reference_answers_pass():
+    L.check_baydin_hypergradient(L.baydin_hypergradient_reference)
+    L.check_hypergradient_by_vjp(L.hypergradient_by_vjp_reference)
+    L.check_baydin_alphas(L.baydin_alphas_reference)
+
+
+def test_reference_hypergradient_is_the_chain_rule():
+    # independent of the checker: a finite difference of f_t(w - alpha g_prev) for f = |w - c|^2 / 2
+    rng = np.random.default_rng(0)
+    w, c, g_prev, alpha, eps = rng.normal(size=3), rng.normal(size=3), rng.normal(size=3), 0.3, 1e-6
+    f = lambda a: 0.5 * np.sum((w - a * g_prev - c) ** 2)
+    g_now = w - alpha * g_prev - c
+    fd = (f(alpha + eps) - f(alpha - eps)) / (2 * eps)
+    assert L.baydin_hypergradient_reference(g_now, g_prev) == pytest.approx(fd, rel=1e-6)
+
+
+@pytest.mark.parametrize("check", [L.check_baydin_hypergradient, L.check_hypergradient_by_vjp, L.check_baydin_alphas])
+def test_blank_answers_fail_usefully(check):
+    with pytest.raises(ExerciseError, match="not answered yet.*hint"):
+        check(blank)
+    with pytest.raises(ExerciseError, match="expected"):
+        check(lambda *a: None)
+
+
+def test_sign_error_fails_with_expected_got_and_hint():
+    with pytest.raises(ExerciseError, match=r"(?s)expected.*got.*mind the sign"):
+        L.check_baydin_hypergradient(lambda g_now, g_prev: float(np.vdot(g_now, g_prev)))
+
+
+def test_wrong_cotangent_fails():
+    def with_ones(update, h, g_prev, g_now):  # forgot to pull back today's gradient
+        _, pullback = jax.vjp(lambda h: update(g_prev, h), h)
+        return pullback(np.ones_like(g_now))[0]
+    with pytest.raises(ExerciseError, match=r"(?s)expected.*got.*cotangent"):
+        L.check_hypergradient_by_vjp(with_ones)
+
+
+def test_off_by_one_alphas_fail():
+    def recorded_before_update(grads, alpha0, kappa):
+        alphas, alpha, prev = [], alpha0, np.zeros_like(grads[0])
+        for g in grads:
+            alphas.append(alpha)
+            alpha = alpha + kappa * float(np.vdot(g, prev))
+            prev = g
+        return np.array(alphas)
+    with pytest.raises(ExerciseError, match=r"(?s)expected.*got.*record alpha after"):
+        L.check_baydin_alphas(recorded_before_update)
