@@ -23,6 +23,7 @@ Metrics go to `DIR/metrics.jsonl`, one JSON object per logged step.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,6 +40,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.npz", "metrics.jsonl", "config.json"
+# Clip the meta-gradient's global norm to 1, then Adam: the usual, stable choice.
+DEFAULT_META_OPTIMIZER = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
 
 
 class MetaTrainResult(NamedTuple):
@@ -189,6 +192,7 @@ def particle_mesh(devices=None) -> Mesh:
     return Mesh(np.array(devices), ("particles",))
 
 
+@functools.lru_cache(maxsize=8)  # the same estimator and meta-optimizer again (a resume) compile once
 def make_outer_step(estimator, meta_optimizer, mesh: Mesh):
     """The jitted outer step `(θ, opt_state, est_state, key) -> (θ, opt_state, est_state, key, metrics)`,
     and the shardings (replicated, per-particle) it uses."""
@@ -203,7 +207,7 @@ def make_outer_step(estimator, meta_optimizer, mesh: Mesh):
         return optax.apply_updates(theta, updates), opt_state, est_state, key, metrics
 
     step = jax.jit(outer_step, out_shardings=(replicated, replicated, per_particle, replicated, replicated))
-    return step, replicated, per_particle
+    return step, replicated, per_particle, jax.jit(estimator.with_sharding(None).init)
 
 
 def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=None, checkpoint_every: int = 50,
@@ -226,13 +230,13 @@ def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=No
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if checkpoint_every < 1 or log_every < 1:
         raise ValueError(f"checkpoint_every and log_every must be >= 1, got {checkpoint_every}, {log_every}")
-    meta_optimizer = meta_optimizer or optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    meta_optimizer = meta_optimizer or DEFAULT_META_OPTIMIZER
     mesh = particle_mesh(devices)
     n_dev = mesh.devices.size
     if estimator.num_particles % n_dev:
         raise ValueError(f"{estimator.num_particles} particles cannot be split evenly over {n_dev} devices; "
                          f"use a multiple of {n_dev} particles, or pass devices=jax.devices()[:k]")
-    step_fn, replicated, per_particle = make_outer_step(estimator, meta_optimizer, mesh)
+    step_fn, replicated, per_particle, init_fn = make_outer_step(estimator, meta_optimizer, mesh)
     key = _raw_key(jnp.asarray(key))
     k_state, key = jax.random.split(key)
     theta = jax.tree.map(jnp.asarray, theta)
@@ -242,7 +246,7 @@ def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=No
 
     start = 0
     opt_state = meta_optimizer.init(theta)
-    est_state = jax.jit(estimator.with_sharding(None).init)(theta, k_state)
+    est_state = init_fn(theta, k_state)
     out = pathlib.Path(out) if out is not None else None
     history: list[dict] = []
     if out is not None:
