@@ -109,9 +109,10 @@ def restore(arrays: dict[str, np.ndarray], like, where: str = "checkpoint"):
             raise ValueError(f"{where} has no entry {name!r}; it was written for a different structure "
                              f"(it has {sorted(arrays)[:6]}...)")
         value = arrays[name]
-        if value.shape != np.shape(leaf) or value.dtype != np.asarray(leaf).dtype:
+        dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if value.shape != np.shape(leaf) or value.dtype != dtype:
             raise ValueError(f"{where}: {name} has shape {value.shape} and dtype {value.dtype}, "
-                             f"expected {np.shape(leaf)} and {np.asarray(leaf).dtype}")
+                             f"expected {np.shape(leaf)} and {dtype}")
         leaves.append(value)
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
@@ -244,24 +245,29 @@ def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=No
                    "theta": {k: list(v.shape) for k, v in _flatten(jax.eval_shape(lambda: theta)).items()}}
     full_config = json.loads(json.dumps(full_config, default=str))  # what a JSON round trip gives back
 
-    start = 0
-    opt_state = meta_optimizer.init(theta)
-    est_state = init_fn(theta, k_state)
     out = pathlib.Path(out) if out is not None else None
-    history: list[dict] = []
+    saved = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         ckpt = out / CHECKPOINT
         if ckpt.exists() and not resume:
             raise ValueError(f"{ckpt} exists; pass resume=True (--resume) to continue it, or use another directory")
         if ckpt.exists():
-            arrays, saved = read_checkpoint(ckpt)
-            _check_config(saved, full_config, ckpt)
-            like = {"theta": theta, "meta_opt_state": opt_state, "estimator_state": est_state,
-                    "step": np.int64(0), "key": key}
-            restored = restore(arrays, like, str(ckpt))
-            theta, opt_state, est_state = restored["theta"], restored["meta_opt_state"], restored["estimator_state"]
-            start, key = int(restored["step"]), jnp.asarray(restored["key"])
+            saved, saved_config = read_checkpoint(ckpt)
+            _check_config(saved_config, full_config, ckpt)  # before any compiling: fail fast
+
+    start = 0
+    opt_state = meta_optimizer.init(theta)
+    # on a resume only the shapes are needed: the state itself comes from the checkpoint
+    est_state = init_fn(theta, k_state) if saved is None else jax.eval_shape(init_fn, theta, k_state)
+    history: list[dict] = []
+    if saved is not None:
+        like = {"theta": theta, "meta_opt_state": opt_state, "estimator_state": est_state,
+                "step": np.int64(0), "key": key}
+        restored = restore(saved, like, str(out / CHECKPOINT))
+        theta, opt_state, est_state = restored["theta"], restored["meta_opt_state"], restored["estimator_state"]
+        start, key = int(restored["step"]), jnp.asarray(restored["key"])
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
         history = _trim_log(out / METRICS, start)
         (out / CONFIG).write_text(json.dumps(full_config, indent=1, sort_keys=True) + "\n")
 
