@@ -140,13 +140,14 @@ def cliplog(x):
 
 
 def tensor_means(channels, shape):
-    """The means over a tensor of several channels, in ONE reduction.
-
-    Each channel broadcasts to `shape`; the result has one entry per channel. XLA
-    fuses the stack into the reduction, so the stacked array is never stored.
-    """
-    stacked = jnp.stack([jnp.broadcast_to(c, shape) for c in channels], axis=-1)
-    return jnp.mean(stacked, axis=tuple(range(len(shape))))
+    """The means over a tensor of several channels, in ONE pass: a variadic
+    reduction with one output per channel, so no stacked copy is ever stored.
+    Each channel broadcasts to `shape`; returns a vector with one mean per channel."""
+    channels = [jnp.broadcast_to(c, shape) for c in channels]
+    axes = tuple(range(len(shape)))
+    zeros = [jnp.float32(0)] * len(channels)
+    sums = jax.lax.reduce(channels, zeros, lambda a, b: [x + y for x, y in zip(a, b)], axes)
+    return jnp.stack(sums) / float(max(1, int(np.prod(shape))))
 
 
 def mlp_channels(p, g, m, rms, fac) -> list:
@@ -294,12 +295,10 @@ def mix_weights(ff_stack: dict, controls) -> dict:
 # ---------------------------------------------------------------------------
 # Per-parameter: the MLP and the step
 # ---------------------------------------------------------------------------
-def _dense(xs: list, w, b):
-    """b + Σ_i xs[i]·w[i]: a layer whose inputs are a list of same-shape arrays and
-    whose n_out outputs sit on a new trailing axis. Spelled out as broadcast
-    multiply-adds, so XLA fuses the whole MLP into one elementwise pass (`@` on a
-    stacked input would need the stack in memory)."""
-    return b + sum(x[..., None] * w[i] for i, x in enumerate(xs))
+def _dense(xs: list, w, b) -> list:
+    """out_j = b_j + Σ_i xs[i]·w[i, j], with inputs and outputs lists of same-shape
+    arrays, spelled out as multiply-adds so XLA fuses the MLP into one pass."""
+    return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
 
 
 def mlp_direction_magnitude(channels, mean_sq, w: dict):
@@ -309,10 +308,10 @@ def mlp_direction_magnitude(channels, mean_sq, w: dict):
     first layer: Σ_c (x_c·n_c)·w0[c] = Σ_c x_c·(n_c·w0[c]). Returns (d, μ).
     """
     w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, None] * w["w0"]
-    h = jax.nn.relu(_dense(channels, w0, w["b0"]))
-    h = jax.nn.relu(_dense([h[..., i] for i in range(MLP_HIDDEN)], w["w1"], w["b1"]))
-    out = _dense([h[..., i] for i in range(MLP_HIDDEN)], w["w2"][:, :2], w["b2"][:2])
-    return out[..., 0], out[..., 1]  # output channel 2 is unused
+    h = [jax.nn.relu(x) for x in _dense(channels, w0, w["b0"])]
+    h = [jax.nn.relu(x) for x in _dense(h, w["w1"], w["b1"])]
+    d, mu = _dense(h, w["w2"][:, :2], w["b2"][:2])  # output channel 2 is unused
+    return d, mu
 
 
 def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult):
@@ -402,8 +401,14 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     # 5–7. mix the MLP once per tensor, then one fused pass per tensor
     mixed = mix_weights(theta["ff_mod_stack"]["~"], controls)
     updates, new_m, new_rms = [], [], []
-    for i, (p_in, p, g, m, rms, fac) in enumerate(zip(treedef.flatten_up_to(params), ps, gs, ms, rmss, facs)):
+    raw = zip(treedef.flatten_up_to(params), treedef.flatten_up_to(grads), ms, rmss)
+    for i, ((p_in, g_in, m, rms), fac) in enumerate(zip(raw, facs)):
         w = {k: v[i] for k, v in mixed.items()}
+        # Recompute the channels from the raw inputs rather than reuse those of the
+        # statistics pass: the barrier keeps XLA from merging the two computations
+        # into one stored copy, so neither pass writes a full-size intermediate.
+        p, g, m, rms = jax.lax.optimization_barrier((p_in, g_in, m, rms))
+        p, g = jnp.asarray(p, jnp.float32), clip_gradient(g)
         delta, m, rms = tensor_step(p, g, m, rms, fac, mean_sq[i], w, lr_mult[i])
         updates.append((-delta).astype(jnp.result_type(p_in)))
         new_m.append(m)
