@@ -202,7 +202,7 @@ class MLPLOpt:
             out = [one_tensor(*leaves) for leaves in zip(
                 treedef.flatten_up_to(updates), treedef.flatten_up_to(params),
                 treedef.flatten_up_to(state.momentum), treedef.flatten_up_to(state.rms))]
-            new_updates, m, v = (treedef.unflatten(list(column)) for column in zip(*out)) if out else (updates,) * 3
+            new_updates, m, v = (treedef.unflatten([leaf[i] for leaf in out]) for i in range(3))
             return new_updates, MLPLOptState(state.count + 1, m, v)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
