@@ -31,13 +31,26 @@ from minilopt.pretrained import export_run, load  # noqa: E402
 from _common import RESULTS, device_info  # noqa: E402
 
 
+def meta_training_families(recipe: dict | None):
+    """What `evaluate.suite(in_family=...)` needs, from the recipe the weights were trained with."""
+    if recipe is None:
+        return ("random", "quadratic")
+    family = recipe.get("family")
+    if family == "random" and recipe.get("structures", 1) > 1:
+        return ("random",)
+    if family == "quadratic":
+        return ("quadratic",)
+    from minilopt.cli import make_family    # one fixed-shape structure, drawn as `minilopt meta-train` does
+    return (make_family(family, recipe.get("family_args"), recipe.get("seed", 0)),)
+
+
 def optimizer_factory(args):
-    """(factory(num_steps) -> optax transform, name, trained horizon, description)."""
+    """(factory(num_steps) -> optax transform, name, trained horizon, description, recipe or None)."""
     if args.untrained:
         lopt = MLPLOpt()
         theta = lopt.init(jax.random.key(0))
         return (lambda T: lopt.optimizer(theta, T)), "untrained_mlp", 1000, \
-            "MLPLOpt at its initialisation (per-tensor normalised momentum), NOT meta-trained"
+            "MLPLOpt at its initialisation (per-tensor normalised momentum), NOT meta-trained", None
     if args.run:
         if not args.recipe:
             raise SystemExit("--run needs --recipe (the JSON the run was made with)")
@@ -47,7 +60,8 @@ def optimizer_factory(args):
         weights = load(args.weights)
         name = "pretrained" if args.weights is None else pathlib.Path(args.weights).stem
         what = f"{weights.config['lopt']}{weights.config['kwargs']} weights from {args.weights or 'the shipped files'}"
-    return (lambda T: weights.lopt.optimizer(weights.theta, T)), name, weights.horizon, what
+    return ((lambda T: weights.lopt.optimizer(weights.theta, T)), name, weights.horizon, what,
+            weights.config.get("recipe"))
 
 
 def main():
@@ -63,14 +77,17 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    factory, name, horizon, what = optimizer_factory(args)
+    factory, name, horizon, what, recipe = optimizer_factory(args)
     name = args.name or name
     steps = args.steps or (300 if args.quick else horizon)
-    suite = E.suite(steps, quick=args.quick)
-    print(f"{what}\n{len(suite)} tasks, budget {steps} steps (trained horizon {horizon}), on {jax.devices()[0]}")
+    in_family = meta_training_families(recipe)
+    suite = E.suite(steps, quick=args.quick, in_family=in_family)
+    families = [f if isinstance(f, str) else f.name for f in in_family]
+    print(f"{what}\nmeta-training families {families}\n{len(suite)} tasks, budget {steps} steps "
+          f"(trained horizon {horizon}), on {jax.devices()[0]}")
     t0 = time.perf_counter()
     results = E.evaluate(factory, suite, jax.random.key(args.seed), name=name)
-    results.update(description=what, trained_horizon=horizon, budget=steps, seed=args.seed,
+    results.update(description=what, trained_horizon=horizon, budget=steps, seed=args.seed, in_family=families,
                    seconds=time.perf_counter() - t0, device=device_info(),
                    command="python benchmarks/evaluate_pretrained.py " + " ".join(
                        a for a in __import__("sys").argv[1:]))

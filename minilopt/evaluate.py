@@ -6,10 +6,11 @@ The VeLO-style evaluation, at the scale of this course:
     results = evaluate(lambda T: pretrained(T), tasks, key)
     print(speedup_table(results)); plot_cdf(results)
 
-**The suite.** "in-family" tasks are held-out draws of the families the shipped
-optimizer was meta-trained on: `RandomFamily`'s held-out split (widths 24/48, batch
-size 64, which the training split never samples; init scales from held-out keys)
-and `QuadraticFamily`'s held-out split. "out-of-family" tasks change something
+**The suite.** "in-family" tasks are held-out draws of the families the optimizer
+was meta-trained on (`suite(in_family=...)` names them): `RandomFamily`'s held-out
+split (widths 24/48, batch size 64, which the training split never samples; init
+scales from held-out keys), `QuadraticFamily`'s held-out split, or held-out draws
+of one meta-trained `ImageFamily` structure. "out-of-family" tasks change something
 the families never contained: the dataset and architecture (the character LSTM LM),
 the depth or width (logistic regression, a 3-layer MLP, width 256, a 3-layer CNN),
 the activation, the batch size, the init scale, the noise of a quadratic, its
@@ -105,17 +106,29 @@ def heldout_structures(family: T.RandomFamily, quotas: dict, max_seeds: int = 20
     return picked
 
 
-def _in_family(steps, family, quadratic_family, quotas, num_quadratics):
+def _heldout_draws(steps, in_family, quotas, num_quadratics, structure_draws):
+    """Held-out draws of the course's families: labelled "in-family" only where that
+    family is among the meta-training families `in_family`."""
+    family, quadratics = T.RandomFamily(), T.QuadraticFamily()
+    label = lambda trained: "in-family" if trained else "out-of-family"
+    untrained = "" if "random" in in_family else "; RandomFamily was not meta-trained on"
     entries = []
     for seed, structure in heldout_structures(family, quotas):
         task = structure.sample(jax.random.PRNGKey(seed), "heldout")
-        entries.append(SuiteTask(f"heldout/{structure.name}", task, steps, "in-family",
+        entries.append(SuiteTask(f"heldout/{structure.name}", task, steps, label("random" in in_family),
                                  f"RandomFamily held-out draw (seed {seed}): width and batch size never "
-                                 "sampled in meta-training"))
+                                 f"sampled in its training split{untrained}"))
     for seed in range(num_quadratics):
-        task = quadratic_family.sample(jax.random.PRNGKey(seed), "heldout")
-        entries.append(SuiteTask(f"heldout/quadratic_{quadratic_family.dim}d_s{seed}", task, steps, "in-family",
-                                 f"QuadraticFamily held-out draw (seed {seed})"))
+        task = quadratics.sample(jax.random.PRNGKey(seed), "heldout")
+        entries.append(SuiteTask(f"heldout/quadratic_{quadratics.dim}d_s{seed}", task, steps,
+                                 label("quadratic" in in_family), f"QuadraticFamily held-out draw (seed {seed})"
+                                 + ("" if "quadratic" in in_family else "; not meta-trained on")))
+    for structure in (f for f in in_family if isinstance(f, T.ImageFamily)):
+        for seed in range(structure_draws):
+            entries.append(SuiteTask(f"heldout/{structure.name}_s{seed}",
+                                     structure.sample(jax.random.PRNGKey(seed), "heldout"), steps, "in-family",
+                                     f"held-out draw (seed {seed}) of the meta-trained structure: new init scale "
+                                     "and initial weights, new batches"))
     return entries
 
 
@@ -143,19 +156,23 @@ def _out_of_family(steps, quick):
     ]
 
 
-def suite(steps: int = 1000, *, quick: bool = False, family: T.RandomFamily | None = None,
-          quadratic_family: T.QuadraticFamily | None = None) -> list[SuiteTask]:
-    """The evaluation suite: 12 in-family and 12 out-of-family tasks (`quick`: 2 + 2, for a CPU).
+def suite(steps: int = 1000, *, quick: bool = False, in_family=("random", "quadratic")) -> list[SuiteTask]:
+    """The evaluation suite: 12 held-out draws and 12 out-of-family tasks (`quick`: 2 + 2, for a CPU).
 
-    `family` and `quadratic_family` are the meta-training families (defaults:
-    `RandomFamily()`, `QuadraticFamily()`); in-family tasks are their held-out draws."""
+    `in_family` names the families the optimizer was meta-trained on: "random"
+    (`RandomFamily`) and/or "quadratic" (`QuadraticFamily`); their held-out draws
+    are labelled "in-family", the others "out-of-family". It may also hold
+    fixed-shape `ImageFamily` objects (what `minilopt meta-train --family random`
+    trains on: one structure): 4 held-out draws of each (1 if `quick`) are added as
+    in-family tasks."""
     if not (isinstance(steps, int) and steps >= 10):
         raise ValueError(f"steps must be an int >= 10 (the step budget), got {steps!r}")
-    family = family or T.RandomFamily()
-    quadratic_family = quadratic_family or T.QuadraticFamily()
+    for f in in_family:
+        if not (f in ("random", "quadratic") or isinstance(f, T.ImageFamily)):
+            raise ValueError(f"in_family entries are 'random', 'quadratic' or ImageFamily objects, got {f!r}")
     quotas = ({("digits", "mlp"): 1} if quick else
               {("digits", "mlp"): 4, ("mnist1d", "mlp"): 3, ("mnist1d", "cnn"): 3})
-    entries = _in_family(steps, family, quadratic_family, quotas, 1 if quick else 2)
+    entries = _heldout_draws(steps, tuple(in_family), quotas, 1 if quick else 2, 1 if quick else 4)
     return entries + _out_of_family(steps, quick)
 
 

@@ -159,9 +159,10 @@ def save(directory, theta, *, lopt: str, kwargs: dict, horizon: int, **info) -> 
 
 
 def export_run(run_dir, recipe, out=DEFAULT_DIR) -> pathlib.Path:
-    """θ from a meta-training run (`run_dir/checkpoint.npz`) into `out`, with the
-    learned-optimizer class, its arguments and the horizon read from `recipe` (a
-    JSON config with keys "lopt" ("mlp"), optional "lopt_kwargs", and "horizon")."""
+    """θ from a meta-training run (`run_dir/checkpoint.npz`) into `out`. The learned
+    optimizer and its horizon come from `recipe`, the JSON config the run was made
+    with (keys of `minilopt meta-train`: "lopt" ("mlp"), "lopt_args", "horizon"); the
+    whole recipe is stored in the weights' config.json."""
     from .meta import load_theta
 
     recipe_file = pathlib.Path(recipe)
@@ -170,11 +171,12 @@ def export_run(run_dir, recipe, out=DEFAULT_DIR) -> pathlib.Path:
     name = names.get(spec.get("lopt"), spec.get("lopt"))
     if name not in LOPTS:
         raise ValueError(f"{recipe_file}: unknown lopt {spec.get('lopt')!r}; use one of {sorted(names)}")
-    kwargs = spec.get("lopt_kwargs", {})
-    horizon = spec.get("horizon") or max(spec.get("horizons", [0]))
+    if not isinstance(spec.get("horizon"), int):
+        raise ValueError(f"{recipe_file}: needs an int 'horizon' (the meta-training num_steps)")
+    kwargs = spec.get("lopt_args", {})
     lopt = LOPTS[name](**kwargs)
     theta = load_theta(run_dir, like=lopt.init(jax.random.PRNGKey(0)))
-    return save(out, theta, lopt=name, kwargs=kwargs, horizon=int(horizon), recipe=spec,
+    return save(out, theta, lopt=name, kwargs=kwargs, horizon=spec["horizon"], recipe=spec,
                 run=str(pathlib.Path(run_dir)))
 
 

@@ -1,6 +1,7 @@
 """The evaluation harness: the speedup measure on curves with known answers, the
 summary fractions, the suite's held-out splits, and tuned Adam being the best of its grid."""
 import json
+import pathlib
 
 import jax
 import matplotlib
@@ -157,6 +158,18 @@ def test_suite_has_held_out_in_family_tasks_and_labelled_out_of_family_tasks():
             assert lo <= float(e.task.init_scale) <= hi
     assert kinds == {("digits", "MLPTask"), ("mnist1d", "MLPTask"), ("mnist1d", "ConvTask")}
     assert any(isinstance(e.task, tasks.CharLMTask) for e in full)
+
+
+def test_in_family_labels_follow_the_meta_training_families():
+    structure = tasks.RandomFamily().structure(jax.random.PRNGKey(0), "train")   # what `--family random` trains
+    only_one = E.suite(100, in_family=(structure,))
+    ours = [e for e in only_one if e.group == "in-family"]
+    assert len(ours) == 4 and all(e.task.name == structure.name for e in ours)
+    assert len({float(e.task.init_scale) for e in ours}) == 4                     # different held-out draws
+    assert all(e.group == "out-of-family" for e in only_one if e.name not in {o.name for o in ours})
+    assert all(e.group == "out-of-family" for e in E.suite(100, quick=True, in_family=()))
+    with pytest.raises(ValueError, match="in_family"):
+        E.suite(100, in_family=("digits",))
 
 
 def test_in_family_quadratics_are_held_out_draws():
@@ -348,11 +361,16 @@ def test_export_from_a_meta_training_checkpoint(tmp_path):
     theta = lopt.init(jax.random.key(5))
     save_checkpoint(tmp_path / "run" / "checkpoint.npz", {"theta": theta, "step": np.int64(7)}, {})
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"lopt": "mlp", "lopt_kwargs": LOPT_KW, "horizons": [20, 60]}))
+    recipe.write_text(json.dumps({"lopt": "mlp", "lopt_args": LOPT_KW, "horizon": 60}))
     out = P.export_run(tmp_path / "run", recipe, tmp_path / "shipped")
     loaded = P.load(out.parent)
     assert loaded.horizon == 60 and loaded.config["recipe"]["lopt"] == "mlp"
     np.testing.assert_array_equal(loaded.theta["layer_0"]["w"], theta["layer_0"]["w"])
+    # the committed recipe names a learned optimizer and a horizon that export_run understands
+    shipped = json.loads((pathlib.Path(__file__).parents[1] / "configs" / "pretrained_mlp.json").read_text())
+    assert shipped["lopt"] == "mlp" and isinstance(shipped["horizon"], int)
+    assert shipped["horizon"] % shipped["truncation"] == 0
+    MLPLOpt(**shipped["lopt_args"])
 
 
 def test_the_shipped_weights_load_and_train():
