@@ -115,6 +115,11 @@ def compiled_costs(opt, params, state, grads, n_params) -> dict:
     return out
 
 
+def device_memory_limit() -> int | None:
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
 def time_optimizer(opt, n_params, target_seconds, repeats) -> dict:
     params = mlp_tree(n_params, jax.random.PRNGKey(0))
     n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -122,6 +127,9 @@ def time_optimizer(opt, n_params, target_seconds, repeats) -> dict:
     # fresh buffers: an init may return one array twice (e.g. h and c), which cannot be donated twice
     state = jax.tree.map(jnp.copy, opt.init(params))
     result = {"n_params": int(n_params), **compiled_costs(opt, params, state, grads, n_params)}
+    limit = device_memory_limit()
+    if limit and result.get("step_memory_bytes", 0) > 0.85 * limit:
+        return {**result, "skipped": f"needs {result['step_memory_bytes'] / 1e9:.1f} GB of {limit / 1e9:.1f} GB"}
     loop = make_loop(opt)
     t0 = time.perf_counter()
     params, state = jax.block_until_ready(loop(params, state, grads, 2))  # compile + warm up
@@ -153,8 +161,8 @@ def plot(results: dict, path):
     x = np.arange(len(sizes))
     width = 0.8 / len(labels)
     for j, label in enumerate(labels):
-        ms = [results[s][label]["ms_per_step"] for s in sizes]
-        ratio = [results[s][label]["ms_per_step"] / results[s]["optax.adam"]["ms_per_step"] for s in sizes]
+        ms = [results[s][label].get("ms_per_step", np.nan) for s in sizes]
+        ratio = [m / results[s]["optax.adam"]["ms_per_step"] for m, s in zip(ms, sizes)]
         axes[0].bar(x + j * width, ms, width, label=label)
         axes[1].bar(x + j * width, ratio, width, label=label)
     for ax in axes:
@@ -175,8 +183,12 @@ def plot(results: dict, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CPU sizes (0.1M, 1M)")
+    parser.add_argument("--sizes", type=float, nargs="*", help="parameter counts, e.g. 1e6 1e7")
+    parser.add_argument("--budget", type=float, default=210.0,
+                        help="seconds; learned optimizers not yet timed when it runs out are skipped")
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000, 100_000_000]
+    sizes = [int(s) for s in args.sizes] if args.sizes else sizes
     target, repeats = (0.5, 2) if args.quick else (0.3, 3)
     learned, missing = learned_optimizers(num_steps=10_000)
     opts = {"optax.adam": optax.adam(1e-3), **learned}
@@ -184,14 +196,24 @@ def main():
     for n in sizes:
         results[n] = {}
         for label, opt in opts.items():
-            r = time_optimizer(opt, n, target, repeats)
+            if label != "optax.adam" and label != "velo_512x256" and time.perf_counter() - started > args.budget:
+                results[n][label] = {"skipped": f"time budget of {args.budget:.0f}s used up"}
+                print(f"{n / 1e6:6.1f}M  {label:14s} skipped (time budget)", flush=True)
+                continue
+            try:
+                r = time_optimizer(opt, n, target, repeats)
+            except Exception as e:  # e.g. out of device memory: record it, go on
+                r = {"skipped": f"{type(e).__name__}: {str(e)[:200]}"}
             results[n][label] = r
+            if "skipped" in r:
+                print(f"{n / 1e6:6.1f}M  {label:14s} skipped: {r['skipped']}", flush=True)
+                continue
             print(f"{n / 1e6:6.1f}M  {label:14s} {r['ms_per_step']:9.3f} ms"
                   f"  x{r['ms_per_step'] / results[n]['optax.adam']['ms_per_step']:6.2f} adam"
                   f"  {r.get('hlo_bytes_per_param', float('nan')):7.1f} B/param (HLO)"
                   f"  compile {r['compile_and_first_s']:.1f}s", flush=True)
     ratios = {label: {str(n): results[n][label]["ms_per_step"] / results[n]["optax.adam"]["ms_per_step"]
-                      for n in sizes} for label in opts}
+                      for n in sizes if "ms_per_step" in results[n][label]} for label in opts}
     payload = {"device": device_info(), "quick": args.quick, "sizes": sizes,
                "optimizers_found": list(opts), "optimizers_missing": missing,
                "ratio_to_adam": ratios, "results": {str(n): r for n, r in results.items()},

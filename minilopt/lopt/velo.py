@@ -150,7 +150,7 @@ def tensor_means(channels, shape):
     return jnp.stack(sums) / float(max(1, int(np.prod(shape))))
 
 
-def mlp_channels(p, g, m, rms, fac) -> list:
+def mlp_channels(p, g, m, rms, fac, factors=None) -> list:
     """The 30 input channels of the per-parameter MLP (14 groups, spec §6), each
     broadcastable to `p.shape`:
 
@@ -160,27 +160,51 @@ def mlp_channels(p, g, m, rms, fac) -> list:
     with r = rsqrt(rms + 1e-6). `m` is the 3 UPDATED momenta, `rms` the updated
     second moment, `fac` the updated factored state (decay axis last). A rank ≥ 2
     tensor uses v_row/v_col broadcast over it; rank < 2 uses v_diag for both, and
-    m · v_diag^(−1/2) (no epsilon) as the last group.
+    m · v_diag^(−1/2) (no epsilon) as the last group. `factors` may hold
+    `features.factored_factors(fac, p.shape)` already computed.
     """
     r = jax.lax.rsqrt(rms + 1e-6)
-    row_f, col_f = F.factored_factors(fac, p.shape)  # broadcast against p.shape + (3,)
-    dims = F.factored_dims(p.shape)
-    if dims is None:
-        row = col = fac["v_diag"]
+    row_f, col_f = factors if factors is not None else F.factored_factors(fac, p.shape)
+    if F.factored_dims(p.shape) is None:
         fac_m = [m[i] * fac["v_diag"][..., i] ** -0.5 for i in range(3)]
     else:
-        d0, d1 = dims
-        row, col = jnp.expand_dims(fac["v_row"], d0), jnp.expand_dims(fac["v_col"], d1)
         fac_m = [m[i] * row_f[..., i] * col_f[..., i] for i in range(3)]
-    per_decay = lambda f: [f(i) for i in range(3)]  # noqa: E731
     return ([g, jnp.clip(g, -0.1, 0.1), p, *m, rms, *[mi * r for mi in m], r]
-            + per_decay(lambda i: g * row_f[..., i] * col_f[..., i]) + [g * r]
-            + per_decay(lambda i: row[..., i]) + per_decay(lambda i: col[..., i])
-            + per_decay(lambda i: jax.lax.rsqrt(row[..., i] + 1e-8))
-            + per_decay(lambda i: jax.lax.rsqrt(col[..., i] + 1e-8)) + fac_m)
+            + [g * row_f[..., i] * col_f[..., i] for i in range(3)] + [g * r]
+            + row_col_channels(fac, p.shape) + fac_m)
+
+
+def row_col_channels(fac, shape) -> list:
+    """Channels 15–26 (groups 9–12): row (3), col (3), rsqrt(row + 1e-8) (3),
+    rsqrt(col + 1e-8) (3). For rank ≥ 2, row = v_row expanded at d0 and col = v_col
+    expanded at d1 (constant along that axis); for rank < 2 both are v_diag."""
+    dims = F.factored_dims(shape)
+    if dims is None:
+        row = col = fac["v_diag"]
+    else:
+        row, col = jnp.expand_dims(fac["v_row"], dims[0]), jnp.expand_dims(fac["v_col"], dims[1])
+    return ([row[..., i] for i in range(3)] + [col[..., i] for i in range(3)]
+            + [jax.lax.rsqrt(row[..., i] + 1e-8) for i in range(3)]
+            + [jax.lax.rsqrt(col[..., i] + 1e-8) for i in range(3)])
 
 
 ROW_COL_CHANNELS = range(15, 27)  # groups 9–12: row, col, rsqrt(row), rsqrt(col)
+ROW_CHANNELS = (15, 16, 17, 21, 22, 23)
+COL_CHANNELS = (18, 19, 20, 24, 25, 26)
+
+
+def fused_inputs(p, g, m, rms, small):
+    """The start of each full-size pass: raw parameters and gradients, the state,
+    and the small per-tensor arrays the pass reads, behind an optimization barrier.
+
+    The barrier keeps XLA from (a) merging this pass's channels with the other
+    pass's into one stored copy: each pass recomputes them from the raw inputs,
+    which costs arithmetic but no memory traffic; and (b) recomputing the small
+    arrays (row/column factors, …) once per element inside the fused loop. Then
+    p → float32 and g → clipped, inside the pass.
+    """
+    p, g, m, rms, small = jax.lax.optimization_barrier((p, g, m, rms, small))
+    return jnp.asarray(p, jnp.float32), clip_gradient(g), m, rms, small
 
 
 def accumulate(g, m, rms):
@@ -199,8 +223,8 @@ def accumulate(g, m, rms):
 def tensor_statistics(p, g, m, rms, fac):
     """Everything a tensor needs from a pass over all its elements, in ONE reduction.
 
-    Inputs: the clipped gradient, the OLD momenta and rms, and the UPDATED factored
-    state (its row/column means of g² are the only other pass). Returns:
+    Inputs: the raw parameter and gradient, the OLD momenta and rms, and the UPDATED
+    factored state (its row/column means of g² are the only other pass). Returns:
 
     - the 7 LSTM statistics, in order mean_rms (1), var_m (3), var_rms (3):
           s        = rsqrt(max(1e-9, mean(p²)))      (m and rms are scaled by s, not s²)
@@ -214,8 +238,9 @@ def tensor_statistics(p, g, m, rms, fac):
     accurate as the two-pass one while reading m only once.
     """
     shape = p.shape
+    p, g, m, rms, factors = fused_inputs(p, g, m, rms, F.factored_factors(fac, shape))
     m_new, rms_new = accumulate(g, m, rms)
-    channels = mlp_channels(p, g, m_new, rms_new, fac)
+    channels = mlp_channels(p, g, m_new, rms_new, fac, factors)
     factored = F.factored_dims(shape) is not None
     full = [k for k in range(30) if not (factored and k in ROW_COL_CHANNELS)]
     shift_m = [mi.reshape(-1)[0] for mi in m]
@@ -301,28 +326,35 @@ def _dense(xs: list, w, b) -> list:
     return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
 
 
-def mlp_direction_magnitude(channels, mean_sq, w: dict):
-    """The per-parameter MLP 30 → 4 → relu → 4 → relu → 3 on normalised channels.
-
-    Each channel's normaliser n_c = rsqrt(1e-5 + mean(x_c²)) is folded into the
-    first layer: Σ_c (x_c·n_c)·w0[c] = Σ_c x_c·(n_c·w0[c]). Returns (d, μ).
-    """
-    w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, None] * w["w0"]
-    h = [jax.nn.relu(x) for x in _dense(channels, w0, w["b0"])]
-    h = [jax.nn.relu(x) for x in _dense(h, w["w1"], w["b1"])]
-    d, mu = _dense(h, w["w2"][:, :2], w["b2"][:2])  # output channel 2 is unused
-    return d, mu
-
-
 def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult):
-    """Steps 5–7 for one tensor: returns (Δ, m, rms, fac), all float32.
+    """Steps 5–7 for one tensor, in one fused pass: returns (Δ, m, rms), float32.
 
         Δ = lr_mult · d · exp(0.001·μ) · 0.001 · sqrt(mean(p²) + 1e-9)
 
-    `fac` is already updated (`statistics` needed it); m and rms are updated here.
+    p and g are raw; `fac` is already updated (the statistics needed it). The MLP
+    30 → 4 → relu → 4 → relu → 3 reads the channels normalised by
+    n_c = rsqrt(1e-5 + mean(x_c²)), folded into its first layer:
+    Σ_c (x_c·n_c)·w0[c] = Σ_c x_c·(n_c·w0[c]). For a rank ≥ 2 tensor the 12
+    row/column channels are constant along one axis, so their share of the first
+    layer is computed once per row and once per column, not per parameter.
+    Output channel 0 is the direction d, channel 1 the magnitude μ.
     """
+    w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, None] * w["w0"]
+    factors = F.factored_factors(fac, p.shape)
+    if F.factored_dims(p.shape) is None:
+        full, small_h = range(30), (w["b0"], jnp.zeros(4))
+    else:
+        rc = dict(zip(ROW_COL_CHANNELS, row_col_channels(fac, p.shape)))
+        full = [k for k in range(30) if k not in ROW_COL_CHANNELS]
+        small_h = (_dense([rc[k] for k in ROW_CHANNELS], w0[np.asarray(ROW_CHANNELS)], w["b0"]),
+                   _dense([rc[k] for k in COL_CHANNELS], w0[np.asarray(COL_CHANNELS)], jnp.zeros(4)))
+    p, g, m, rms, (factors, (h_row, h_col)) = fused_inputs(p, g, m, rms, (factors, small_h))
     m, rms = accumulate(g, m, rms)
-    d, mu = mlp_direction_magnitude(mlp_channels(p, g, m, rms, fac), mean_sq, w)
+    channels = mlp_channels(p, g, m, rms, fac, factors)
+    bias = [r + c for r, c in zip(h_row, h_col)]  # each broadcasts along its own axis
+    h = _dense([channels[k] for k in full], w0[np.asarray(full)], bias)
+    h = _dense([jax.nn.relu(x) for x in h], w["w1"], w["b1"])
+    d, mu = _dense([jax.nn.relu(x) for x in h], w["w2"][:, :2], w["b2"][:2])  # channel 2 unused
     param_scale = jnp.sqrt(mean_sq[2] + 1e-9)  # channel 2 is p
     return (lr_mult * 0.001 * param_scale) * d * jnp.exp(0.001 * mu), m, rms
 
@@ -378,8 +410,8 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     fraction_trained, control_params, lr_mult, clipped_grads and fac_g.
     """
     treedef = jax.tree.structure(params)
-    ps = [jnp.asarray(p, jnp.float32) for p in treedef.flatten_up_to(params)]
-    gs = [clip_gradient(g) for g in treedef.flatten_up_to(grads)]
+    p_raw, g_raw = treedef.flatten_up_to(params), treedef.flatten_up_to(grads)
+    gs = [clip_gradient(g) for g in g_raw]
     ms, rmss = treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.rms)
     facs = [F.factored_update(f, g, FACTORED_DECAYS) for f, g in zip(treedef.flatten_up_to(state.fac), gs)]
 
@@ -387,9 +419,9 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     buffer = F.loss_buffer_update(state.loss_buffer, loss)
     loss_features = F.loss_buffer_features(buffer)
 
-    # 3. per-tensor LSTM inputs (from the OLD m and rms) and MLP normalisers, one pass each
-    stats, mean_sq = zip(*[tensor_statistics(*a) for a in zip(ps, gs, ms, rmss, facs)])
-    ranks = jnp.stack([rank_one_hot(p.shape) for p in ps])
+    # 3. per-tensor LSTM inputs (from the OLD m and rms) and MLP normalisers: one pass each
+    stats, mean_sq = zip(*[tensor_statistics(*a) for a in zip(p_raw, g_raw, ms, rmss, facs)])
+    ranks = jnp.stack([rank_one_hot(jnp.shape(p)) for p in p_raw])
     x = lstm_inputs(jnp.stack(stats), ranks, loss_features,
                     F.fraction_embedding(state.iteration, num_steps))
 
@@ -401,15 +433,9 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     # 5–7. mix the MLP once per tensor, then one fused pass per tensor
     mixed = mix_weights(theta["ff_mod_stack"]["~"], controls)
     updates, new_m, new_rms = [], [], []
-    raw = zip(treedef.flatten_up_to(params), treedef.flatten_up_to(grads), ms, rmss)
-    for i, ((p_in, g_in, m, rms), fac) in enumerate(zip(raw, facs)):
+    for i, (p_in, g_in, m, rms, fac) in enumerate(zip(p_raw, g_raw, ms, rmss, facs)):
         w = {k: v[i] for k, v in mixed.items()}
-        # Recompute the channels from the raw inputs rather than reuse those of the
-        # statistics pass: the barrier keeps XLA from merging the two computations
-        # into one stored copy, so neither pass writes a full-size intermediate.
-        p, g, m, rms = jax.lax.optimization_barrier((p_in, g_in, m, rms))
-        p, g = jnp.asarray(p, jnp.float32), clip_gradient(g)
-        delta, m, rms = tensor_step(p, g, m, rms, fac, mean_sq[i], w, lr_mult[i])
+        delta, m, rms = tensor_step(p_in, g_in, m, rms, fac, mean_sq[i], w, lr_mult[i])
         updates.append((-delta).astype(jnp.result_type(p_in)))
         new_m.append(m)
         new_rms.append(rms)
