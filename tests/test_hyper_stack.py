@@ -196,3 +196,19 @@ def test_trajectory_on_a_task():
     assert traj.loss.shape == (40,) and traj.hyperparams[0]["alpha"].shape == (40,)
     assert float(traj.hyperparams[0]["alpha"][-1]) > 0.05  # on a fresh logistic regression α grows
     assert float(traj.loss[-5:].mean()) < float(traj.loss[:5].mean())
+
+
+def test_per_hyperparameter_hyper_steps_with_a_per_leaf_sgd_level():
+    # one hyper-step size per hyperparameter: a per-leaf SGD level above Adam
+    steps = {"alpha": 1e-4, "atanh_beta1": 1e-2, "atanh_beta2": 1e-3}
+    opt = hyper.stack(rules.adam(0.01), rules.sgd_per_param(steps))
+    params = jnp.zeros(3)
+    state = opt.init(params)
+    # three steps: after Adam's first step the bias correction makes beta1's derivative exactly 0
+    for g in ([1.0, -2.0, 0.5], [0.5, -1.0, 1.5], [0.7, -0.2, 1.0]):
+        before = hyper.hyperparams(state, raw=True)[0]
+        _, state = opt.update(jnp.array(g), state, params)
+    after, hg = hyper.hyperparams(state, raw=True)[0], hyper.hypergrads(state)[0]
+    for name, kappa in steps.items():
+        assert float(hg[name]) != 0.0
+        np.testing.assert_allclose(after[name] - before[name], -kappa * hg[name], rtol=1e-4, atol=1e-6)

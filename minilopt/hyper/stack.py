@@ -29,6 +29,9 @@ Faults: if the hypergradient or the new h is not finite, the level keeps its
 previous hyperparameters and its hyper-optimizer's state, and counts the step in
 `state.nonfinite`. NaN never reaches the weights through h.
 
+One hyper-step size per hyperparameter: use a per-leaf SGD level,
+`stack(rules.adam(), rules.sgd_per_param({"alpha": 1e-5, "atanh_beta1": 1e-3, "atanh_beta2": 1e-3}))`.
+
 The wrapper must see raw gradients: put it first in an `optax.chain`.
 """
 from __future__ import annotations
