@@ -122,3 +122,50 @@ def hyper_explorer(task=None, steps: int = 300, seed: int = 0) -> Explorer:
     )
     explorer.curves = curves  # the pure, jitted computation behind each frame (for tests)
     return explorer
+
+
+# ---- lesson 05: the VeLO explorer ------------------------------------------------------
+
+def velo_explorer(theta=None, num_steps: int = 100, span: float = 1.0, n: int = 41) -> Explorer:
+    """Sliders for the training fraction t/T and the second-moment level (log10 rms).
+
+    Each frame shows VeLO's update (what it adds to a parameter) over a grid of
+    gradients g and momenta m, from `lopt.velo.update_surface` (jitted once; the
+    sliders are traced values, so moving them never recompiles). `theta` defaults to
+    a random H=32, P=16 VeLO."""
+    import ipywidgets as widgets
+    import jax
+    import numpy as np
+
+    from .lopt import velo
+
+    theta = theta if theta is not None else velo.init_theta(jax.random.PRNGKey(0), 32, 16)
+
+    def render(fraction, log10_rms):
+        g, m, update, lr_mult = (np.asarray(x) for x in velo.update_surface(
+            theta, fraction, log10_rms, span=span, n=n, num_steps=num_steps))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.5, 3.2))
+        lim = float(np.abs(update).max()) or 1.0
+        im = ax1.imshow(update, origin="lower", extent=(g[0], g[-1], m[0], m[-1]), cmap="RdBu_r",
+                        vmin=-lim, vmax=lim, aspect="auto")
+        fig.colorbar(im, ax=ax1, label="update added to p")
+        ax1.set_xlabel("gradient g")
+        ax1.set_ylabel("momentum m (all decays)")
+        ax1.set_title(f"t/T = {fraction:.2f}, rms = 1e{log10_rms:+.1f}, lr_mult = {float(lr_mult):.3g}", fontsize=9)
+        for row in (0, n // 2, n - 1):
+            ax2.plot(g, update[row], label=f"m = {m[row]:+.2f}")
+        ax2.axhline(0, color="k", lw=0.5)
+        ax2.set_xlabel("gradient g")
+        ax2.set_ylabel("update")
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+
+    explorer = Explorer(
+        render,
+        fraction=widgets.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.05, description="t / T"),
+        log10_rms=widgets.FloatSlider(value=-2.0, min=-6.0, max=1.0, step=0.5, description="log10 rms"),
+    )
+    explorer.surface = lambda fraction, log10_rms: velo.update_surface(
+        theta, fraction, log10_rms, span=span, n=n, num_steps=num_steps)
+    return explorer

@@ -25,6 +25,7 @@ broadcast multiply-adds, which fuse, instead of `@`, which would not.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -505,3 +506,25 @@ def velo_optimizer(theta, num_steps: int, legacy_loss_features: bool = False,
         return velo_step(theta, state, updates, params, value, num_steps, carry_lstm_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "num_steps"))
+def update_surface(theta, fraction, log10_rms, span=1.0, n: int = 41, num_steps: int = 100):
+    """The learned update as a function of gradient and momentum: −Δ on an n×n grid.
+
+    The grid is one tensor of n×n parameters (all equal to 0.1), parameter (i, j)
+    getting gradient g_j and momentum m_i (the same for all three decays) from
+    linspace(−span, span, n), second moments 10**log10_rms, at step t = fraction·T.
+    Returns (g, m, update, lr_mult): what `velo_step` would add to that tensor.
+    """
+    g = jnp.linspace(-span, span, n)
+    G, M = jnp.meshgrid(g, g)
+    params = {"w": jnp.full((n, n), 0.1, jnp.float32)}
+    state = velo_init_state(theta, params, num_steps)
+    rms = jnp.full((n, n), 10.0 ** log10_rms, jnp.float32)
+    state = state._replace(
+        m={"w": (M, M, M)}, rms={"w": rms},
+        fac={"w": {"v_row": jnp.full((n, 3), 10.0 ** log10_rms), "v_col": jnp.full((n, 3), 10.0 ** log10_rms)}},
+        iteration=jnp.asarray(jnp.round(fraction * num_steps), jnp.int32))
+    updates, _, info = velo_step(theta, state, {"w": G}, params, 1.0, num_steps, debug=True)
+    return g, g, updates["w"], info["lr_mult"][0]
