@@ -314,7 +314,8 @@ def mix_weights(ff_stack: dict, controls) -> dict:
     """
     P = controls.shape[-1]
     mixed = {k: jnp.tensordot(controls, w, axes=1) * (100.0 / P) for k, w in ff_stack.items()}
-    mixed["w0"] = jnp.concatenate([mixed.pop(f"w0__{k}") for k in range(len(MLP_GROUPS))], axis=1)
+    if "w0__0" in mixed:
+        mixed["w0"] = jnp.concatenate([mixed.pop(f"w0__{k}") for k in range(len(MLP_GROUPS))], axis=1)
     return mixed
 
 
