@@ -31,19 +31,6 @@ from minilopt.pretrained import export_run, load  # noqa: E402
 from _common import RESULTS, device_info  # noqa: E402
 
 
-def meta_training_families(recipe: dict | None):
-    """What `evaluate.suite(in_family=...)` needs, from the recipe the weights were trained with."""
-    if recipe is None:
-        return ("random", "quadratic")
-    family = recipe.get("family")
-    if family == "random" and recipe.get("structures", 1) > 1:
-        return ("random",)
-    if family == "quadratic":
-        return ("quadratic",)
-    from minilopt.cli import make_family    # one fixed-shape structure, drawn as `minilopt meta-train` does
-    return (make_family(family, recipe.get("family_args"), recipe.get("seed", 0)),)
-
-
 def optimizer_factory(args):
     """(factory(num_steps) -> optax transform, name, trained horizon, description, recipe or None)."""
     if args.untrained:
@@ -80,7 +67,7 @@ def main():
     factory, name, horizon, what, recipe = optimizer_factory(args)
     name = args.name or name
     steps = args.steps or (300 if args.quick else horizon)
-    in_family = meta_training_families(recipe)
+    in_family = E.meta_training_families(recipe)
     suite = E.suite(steps, quick=args.quick, in_family=in_family)
     families = [f if isinstance(f, str) else f.name for f in in_family]
     print(f"{what}\nmeta-training families {families}\n{len(suite)} tasks, budget {steps} steps "

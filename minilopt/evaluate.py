@@ -176,6 +176,21 @@ def suite(steps: int = 1000, *, quick: bool = False, in_family=("random", "quadr
     return entries + _out_of_family(steps, quick)
 
 
+def meta_training_families(recipe: dict | None) -> tuple:
+    """`suite(in_family=...)` for an optimizer meta-trained with `recipe` (the config of
+    `minilopt meta-train`, stored in the pretrained weights' config.json). No recipe:
+    the default ("random", "quadratic")."""
+    if recipe is None:
+        return ("random", "quadratic")
+    family = recipe.get("family")
+    if family == "random" and recipe.get("structures", 1) > 1:
+        return ("random",)
+    if family == "quadratic":
+        return ("quadratic",)
+    from .cli import make_family    # one fixed-shape family, drawn exactly as `minilopt meta-train` draws it
+    return (make_family(family, recipe.get("family_args"), recipe.get("seed", 0)),)
+
+
 # ---------------------------------------------------------------------------
 # The measure
 # ---------------------------------------------------------------------------

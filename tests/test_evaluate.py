@@ -172,6 +172,15 @@ def test_in_family_labels_follow_the_meta_training_families():
         E.suite(100, in_family=("digits",))
 
 
+def test_meta_training_families_come_from_the_recipe():
+    assert E.meta_training_families(None) == ("random", "quadratic")
+    assert E.meta_training_families({"family": "random", "structures": 8}) == ("random",)
+    (one,) = E.meta_training_families({"family": "random", "seed": 3})          # the CLI trains one draw
+    assert one.name == tasks.RandomFamily().structure(jax.random.PRNGKey(3)).name
+    (digits,) = E.meta_training_families({"family": "digits_mlp", "family_args": {"hidden": [32]}})
+    assert digits.name == "digits_mlp_32_relu_b64"
+
+
 def test_in_family_quadratics_are_held_out_draws():
     qf = tasks.QuadraticFamily()
     quads = [e for e in E.suite(1000) if e.group == "in-family" and isinstance(e.task, tasks.QuadraticTask)]
