@@ -157,9 +157,11 @@ class TruncatedGrad(Estimator):
 class _Antithetic(Estimator):
     def __init__(self, unroll: TruncatedUnroll, num_pairs: int, sigma: float):
         super().__init__(unroll, num_pairs)
-        if not sigma > 0:
-            raise ValueError(f"{type(self).__name__}: sigma must be > 0, got {sigma}")
-        self.sigma = float(sigma)
+        if not isinstance(sigma, jax.core.Tracer):  # a traced σ (an explorer's slider) is let through
+            if not sigma > 0:
+                raise ValueError(f"{type(self).__name__}: sigma must be > 0, got {sigma}")
+            sigma = float(sigma)
+        self.sigma = sigma
 
     def config(self) -> dict:
         return {**super().config(), "sigma": self.sigma}
