@@ -20,7 +20,7 @@ timed there too, in a subprocess, with the package's own training loop; we also 
 how its resident memory grows (create_graph keeps references alive).
 
     python benchmarks/hyper_overhead.py --quick   # CPU: batch 64, fewer steps (~2 min on 2 cores)
-    python benchmarks/hyper_overhead.py           # full (GPU): batch 256, 500 steps per timing
+    python benchmarks/hyper_overhead.py           # full (GPU): batches 256 and 2048, 500 steps per timing
 
 Writes results/hyper_overhead[_quick]_<platform>.json and .png. Needs only jax, optax,
 numpy, matplotlib and minilopt (PyTorch is optional and only ever in the subprocess).
@@ -187,17 +187,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="batch 64, fewer steps (CPU)")
     ap.add_argument("--width", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 256 2048; quick: 64)")
     ap.add_argument("--gdtuo-python", default="/tmp/gdtuo-venv/bin/python")
     args = ap.parse_args()
-    batch = args.batch or (64 if args.quick else 256)
+    batches = args.batch or ([64] if args.quick else [256, 2048])
     steps, repeats, gdtuo_steps = (40, 3, 20) if args.quick else (500, 5, 50)
     t0 = time.perf_counter()
-    ours = time_minilopt(args.width, batch, steps, repeats)
-    print(f"{ours['n_params']:,} parameters, batch {batch}")
-    theirs = time_gdtuo(args.gdtuo_python, args.width, batch, gdtuo_steps)
+    ours = {}
+    for batch in batches:
+        print(f"-- batch {batch}")
+        ours[str(batch)] = time_minilopt(args.width, batch, steps, repeats)
+    n_params = next(iter(ours.values()))["n_params"]
+    print(f"{n_params:,} parameters; gdtuo at batch {batches[0]}:")
+    theirs = time_gdtuo(args.gdtuo_python, args.width, batches[0], gdtuo_steps)
     if "rows" in theirs:
-        by_height = tower_rows(ours["rows"])
+        by_height = tower_rows(ours[str(batches[0])]["rows"])
         for h, r in theirs["rows"].items():
             r["gdtuo_over_minilopt"] = r["step_s"] / by_height[int(h)]["step_s"]
             print(f"gdtuo height {h}: {1e3 * r['step_s']:8.3f} ms/step = {r['gdtuo_over_minilopt']:.1f}x minilopt; "
@@ -206,9 +210,9 @@ def main():
         print(theirs["skipped"])
     payload = {"device": {"platform": jax.devices()[0].platform, "device": jax.devices()[0].device_kind,
                           "jax": jax.__version__, "host": platform.machine(), "cpus": os.cpu_count()},
-               "model": f"tanh MLP 784-{args.width}-{args.width}-10, synthetic data", "batch": batch,
-               "steps_per_timing": steps, "repeats": repeats, "minilopt": ours, "gdtuo": theirs,
-               "seconds": time.perf_counter() - t0}
+               "model": f"tanh MLP 784-{args.width}-{args.width}-10, synthetic data", "n_params": n_params,
+               "batches": batches, "steps_per_timing": steps, "repeats": repeats, "minilopt": ours,
+               "gdtuo": theirs, "seconds": time.perf_counter() - t0}
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"hyper_overhead{'_quick' if args.quick else ''}_{jax.devices()[0].platform}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -217,23 +221,23 @@ def main():
 
 
 def plot(payload, path):
-    rows = payload["minilopt"]["rows"]
-    heights = sorted(tower_rows(rows).items())
-    base = rows["optax.adam"]["step_s"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    hs = [h for h, _ in heights]
-    ax.plot(hs, [1e3 * r["step_s"] for _, r in heights], "o-", label="minilopt Adam/SGD/...")
-    ax.axhline(1e3 * base, color="k", ls="--", label="optax.adam")
+    for i, (batch, result) in enumerate(payload["minilopt"].items()):
+        rows = result["rows"]
+        heights = sorted(tower_rows(rows).items())
+        hs = [h for h, _ in heights]
+        ax.plot(hs, [1e3 * r["step_s"] for _, r in heights], "o-", color=f"C{i}", label=f"minilopt, batch {batch}")
+        ax.axhline(1e3 * rows["optax.adam"]["step_s"], color=f"C{i}", ls="--", lw=1, label=f"optax.adam, batch {batch}")
     if "rows" in payload["gdtuo"]:
         g = payload["gdtuo"]["rows"]
-        ax.plot([int(h) for h in g], [1e3 * g[h]["step_s"] for h in g], "s-", color="C3", label="gdtuo (PyTorch)")
-        ax.set_yscale("log")
+        ax.plot([int(h) for h in g], [1e3 * g[h]["step_s"] for h in g], "s-", color="C3",
+                label=f"gdtuo (PyTorch), batch {payload['batches'][0]}")
+    ax.set_yscale("log")
     ax.set_xticks(hs)
-    ax.set_xlabel("stack height")
+    ax.set_xlabel("stack height (Adam/SGD/...)")
     ax.set_ylabel("ms per step")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{payload['minilopt']['n_params'] / 1e6:.2f}M params, batch {payload['batch']}, "
-                 f"{payload['device']['platform']}", fontsize=9)
+    ax.legend(fontsize=6)
+    ax.set_title(f"{payload['n_params'] / 1e6:.2f}M params, {payload['device']['device']}", fontsize=9)
     ax2.bar(hs, [r["state_in_param_copies"] for _, r in heights], color="C0")
     ax2.axhline(rows["optax.adam"]["state_in_param_copies"], color="k", ls="--", label="optax.adam")
     ax2.set_xticks(hs)

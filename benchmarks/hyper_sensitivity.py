@@ -1,4 +1,4 @@
-"""Sensitivity to the initial step size (paper §3.4, Fig. 4), on scikit-learn's digits.
+"""Sensitivity to the initial step size (paper §3.4, Fig. 4), on digits (or MNIST-1D).
 
 Every level of an SGD tower of height 0..3 starts at the same α₀ (height 0 is plain
 SGD, height 1 is SGD/SGD, ...). α₀ sweeps 11 decades, 1e-8 .. 1e2. For each height we
@@ -9,6 +9,7 @@ help), and we say so in the output rather than hide it.
 
     python benchmarks/hyper_sensitivity.py --quick   # CPU: 10 epochs, 1 seed (~2 min on 2 cores)
     python benchmarks/hyper_sensitivity.py           # 30 epochs, 3 seeds
+    python benchmarks/hyper_sensitivity.py --dataset mnist1d [--quick]
 
 Writes results/hyper_sensitivity[_quick]_<platform>.json and .png.
 """
@@ -32,7 +33,11 @@ from minilopt import hyper, tasks  # noqa: E402
 from minilopt.hyper import rules  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-TRAIN_SIZE = 1438  # digits training split
+# dataset: (task, description); the paper's MLP shape, tanh, batch 32
+DATASETS = {
+    "digits": (lambda: tasks.digits_mlp(hidden=(128,), activation="tanh", batch_size=32), "digits, tanh MLP 64-128-10"),
+    "mnist1d": (lambda: tasks.mnist1d_mlp(hidden=(128,), activation="tanh", batch_size=32), "MNIST-1D, tanh MLP 40-128-10"),
+}
 ALPHAS = np.array([float(f"1e{e}") for e in range(-8, 3)])  # 1e-8 .. 1e2: 11 decades, exact literals
 HEIGHTS = (0, 1, 2, 3)
 WINDOW = (1e-5, 1e-1)
@@ -57,10 +62,12 @@ def make_sweep(task, steps, height):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10 epochs, 1 seed (CPU)")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="digits")
     args = ap.parse_args()
     epochs, seeds = (10, 1) if args.quick else (30, 3)
-    task = tasks.digits_mlp(hidden=(128,), activation="tanh", batch_size=32)
-    steps = epochs * TRAIN_SIZE // 32
+    make_task, description = DATASETS[args.dataset]
+    task = make_task()
+    steps = epochs * task.data.x_train.shape[0] // 32
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     t0 = time.perf_counter()
 
@@ -84,21 +91,22 @@ def main():
     spreads = [results[h]["spread_in_window"] for h in HEIGHTS]
     payload = {"device": {"platform": jax.devices()[0].platform, "device": jax.devices()[0].device_kind,
                           "jax": jax.__version__, "host": platform.machine()},
-               "task": "digits, tanh MLP 64-128-10, batch 32, SGD towers, every level starts at alpha0",
+               "task": f"{description}, batch 32, SGD towers, every level starts at alpha0",
                "epochs": epochs, "steps": steps, "seeds": seeds, "alphas": ALPHAS.tolist(), "window": WINDOW,
                "heights": results, "spread_shrinks_with_height": bool(np.all(np.diff(spreads) <= 0.5)),
                "no_height_recovers_from_alpha_ge_10": not any(r["recovers_from_alpha_ge_10"]
                                                                for r in results.values()),
                "seconds": time.perf_counter() - t0}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"hyper_sensitivity{'_quick' if args.quick else ''}_{jax.devices()[0].platform}"
+    name = "hyper_sensitivity" + ("" if args.dataset == "digits" else f"_{args.dataset}")
+    stem = RESULTS / f"{name}{'_quick' if args.quick else ''}_{jax.devices()[0].platform}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(results, epochs, seeds, stem.with_suffix(".png"))
+    plot(results, f"{description}, {epochs} epochs, {seeds} seed{'s' * (seeds > 1)}", stem.with_suffix(".png"))
     print(f"spread shrinks with height: {payload['spread_shrinks_with_height']}; "
           f"wrote {stem}.json/.png in {payload['seconds']:.0f} s")
 
 
-def plot(results, epochs, seeds, path):
+def plot(results, title, path):
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for h, r in results.items():
         ax.semilogx(ALPHAS, r["test_error_pct"], "o-", label=f"height {h}: spread {r['spread_in_window']:.1f} pts")
@@ -106,7 +114,7 @@ def plot(results, epochs, seeds, path):
     ax.axvspan(10, ALPHAS[-1] * 2, color="mistyrose", zorder=0, label="α₀ ≥ 10: nothing recovers")
     ax.set_xlabel("initial step size α₀ (every level)")
     ax.set_ylabel("final test error (%)")
-    ax.set_title(f"SGD towers on digits ({epochs} epochs, {seeds} seed{'s' * (seeds > 1)})", fontsize=9)
+    ax.set_title(f"SGD towers: {title}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=75)
