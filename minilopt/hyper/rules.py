@@ -73,7 +73,8 @@ def values(raw: dict) -> dict:
 
 def _hyper_dtype(params):
     # As optax.inject_hyperparams: the parameters' widest float dtype, but never below float32.
-    return jnp.promote_types(optax.tree.dtype(params, "highest"), jnp.float32)
+    floats = [jnp.result_type(x) for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    return jnp.promote_types(jnp.result_type(*floats) if floats else jnp.float32, jnp.float32)
 
 
 def _concrete(x):
