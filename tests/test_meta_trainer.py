@@ -151,3 +151,11 @@ def test_sharded_over_four_devices_equals_one_device():
     np.testing.assert_allclose(out["4"]["theta"], out["1"]["theta"], rtol=1e-5)
     np.testing.assert_allclose(out["4"]["loss"], out["1"]["loss"], rtol=1e-5)
     assert "6 particles cannot be split evenly over 4 devices" in out["error"]
+
+
+def test_a_stateless_estimator_trains_too():
+    """Full-horizon ES keeps no state between steps (its state is ()); the trainer handles that."""
+    result = trainer.meta_train(estimators.es(UNROLL, 4, 0.05), LOPT.init(), 3, jax.random.PRNGKey(0),
+                                meta_optimizer=META_OPT, progress=False)
+    assert result.estimator_state == ()
+    assert float(result.theta["log_lr"]) > np.log(1e-3) + 0.2  # three Adam steps of 0.1, all upwards

@@ -157,10 +157,13 @@ class TruncatedGrad(Estimator):
 class _Antithetic(Estimator):
     def __init__(self, unroll: TruncatedUnroll, num_pairs: int, sigma: float):
         super().__init__(unroll, num_pairs)
-        if not isinstance(sigma, jax.core.Tracer):  # a traced σ (an explorer's slider) is let through
+        try:
+            sigma = float(sigma)
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            pass  # a traced σ (an explorer's slider) cannot be checked; it is let through
+        else:
             if not sigma > 0:
                 raise ValueError(f"{type(self).__name__}: sigma must be > 0, got {sigma}")
-            sigma = float(sigma)
         self.sigma = sigma
 
     def config(self) -> dict:
