@@ -41,11 +41,13 @@ When the learned optimizer ends lower, L* is tuned Adam's final loss, and the
 speedup is how many times fewer steps the learned optimizer needed to get there
 (> 1 for a faster optimizer). When Adam ends lower, L* is the learned optimizer's
 final loss, and the speedup (< 1 as a rule) says how much sooner Adam got there.
-Since n >= w, a speedup can be at most T/w = 10; when the learned optimizer is
-already there at the first full window (n_lopt = w), the true speedup may be
-larger, and the value is flagged `speedup_is_lower_bound`. A learned optimizer
-that diverges gets speedup 0; if every Adam rate diverges, the speedup is the
-lower bound T / n_lopt (flagged too).
+Since n >= w, a speedup can be at most T/w = 10. A step count of exactly w means
+"already there at the first full window", so the true count may be smaller: with
+n_lopt = w the speedup is flagged `speedup_is_lower_bound`, with n_adam = w it is
+flagged `speedup_is_upper_bound` (a learned optimizer that ends far worse than
+Adam scores at most w / n_lopt this way), with both it is unresolved (1.0, and
+both flags). A learned optimizer that diverges gets speedup 0; if every Adam rate
+diverges, the speedup is the lower bound T / n_lopt.
 
 Over a group of tasks: the fraction faster than 1x (speedup > 1), at least 2x and
 at least 4x, and the median speedup, for "in-family" and "out-of-family" apart.
@@ -73,7 +75,8 @@ CURVE_POINTS = 200        # smoothed curves are stored at this many evenly space
 MEASURE = ("speedup = n_adam / n_lopt, where n_X is the first step at which X's training curve, smoothed by a "
            "trailing moving average over full windows of w = ceil(T/10) steps, is <= L* = max(final loss of tuned "
            "Adam, final loss of the learned optimizer); a final loss is the smoothed value at step T. At most T/w; "
-           "flagged as a lower bound when n_lopt = w or when every Adam rate diverged (then T / n_lopt). "
+           "flagged as a lower bound when n_lopt = w or when every Adam rate diverged (then T / n_lopt), "
+           "as an upper bound when n_adam = w. "
            "Speedup 0 if the learned optimizer diverged.")
 
 
@@ -231,6 +234,7 @@ class Speedup(NamedTuple):
     final_adam: float       # smoothed last value (inf if diverged)
     final_lopt: float
     lower_bound: bool       # the true speedup may be larger (n_lopt = w, or every Adam rate diverged)
+    upper_bound: bool = False   # the true speedup may be smaller (n_adam = w)
 
 
 def _final(smoothed) -> float:
@@ -258,7 +262,7 @@ def speedup(adam_curve, lopt_curve, window: int | None = None) -> Speedup:
     target = max(final_adam, final_lopt)
     n_adam, n_lopt = steps_to_reach(s_adam, target), steps_to_reach(s_lopt, target)
     return Speedup(n_adam / n_lopt, target, n_adam, n_lopt, final_adam, final_lopt,
-                   n_lopt == window and n_adam > n_lopt)
+                   n_lopt == window, n_adam == window)
 
 
 def summarize(speedups: Sequence[float]) -> dict:
@@ -334,6 +338,7 @@ def evaluate_task(optimizer_factory: Callable[[int], Any], entry: SuiteTask, key
     return {
         "name": entry.name, "group": entry.group, "note": entry.note, "steps": entry.steps, "window": window,
         "speedup": measure.speedup, "speedup_is_lower_bound": measure.lower_bound,
+        "speedup_is_upper_bound": measure.upper_bound,
         "target_loss": _num(measure.target_loss), "steps_adam": measure.steps_adam, "steps_lopt": measure.steps_lopt,
         "lopt": {"final_train": _num(measure.final_lopt), "final_eval": _num(lopt.eval_loss[-1]),
                  "stopped_at": lopt.stopped_at},
@@ -404,7 +409,9 @@ def load_results(path) -> dict:
 # Tables and plots
 # ---------------------------------------------------------------------------
 def _fmt_speedup(r) -> str:
-    return (">= " if r["speedup_is_lower_bound"] else "") + f"{r['speedup']:.2f}x"
+    lower, upper = r["speedup_is_lower_bound"], r.get("speedup_is_upper_bound", False)
+    bound = "~" if lower and upper else ">= " if lower else "<= " if upper else ""
+    return bound + f"{r['speedup']:.2f}x"
 
 
 def _fmt(x, spec=".3g"):

@@ -87,6 +87,13 @@ def test_lower_bounds_and_divergence():
     # already at its final loss in the first full window: the true speedup may be larger
     m = E.speedup(adam, np.full(200, 1e-3))
     assert m.steps_lopt == 20 and m.lower_bound and m.speedup == pytest.approx(200 / 20)
+    # Adam already at the (poor) final loss of the learned optimizer in its first window: at most w / n_lopt
+    m = E.speedup(adam, np.where(t <= 50, 1.0, 0.9))
+    assert (m.steps_adam, m.steps_lopt) == (20, 70) and m.upper_bound and not m.lower_bound
+    assert m.speedup == pytest.approx(20 / 70)
+    # both already there at the first window: unresolved, 1.0 with both flags
+    m = E.speedup(adam, np.full(200, 5.0))
+    assert (m.steps_adam, m.steps_lopt, m.speedup, m.lower_bound, m.upper_bound) == (20, 20, 1.0, True, True)
     # a diverged learned optimizer: speedup 0
     lopt = 1.0 / t
     lopt[150:] = np.nan
