@@ -17,10 +17,11 @@ Reported, for P = 16 … 1024 pairs:
 - with several devices: weak scaling (P per device fixed) and strong scaling
   (P = the largest size), as efficiency = throughput(n) / (n · throughput(1)).
 
-    python benchmarks/meta_throughput.py --quick     # CPU, ~1-2 minutes
-    python benchmarks/meta_throughput.py             # full: one or more GPUs
+    python benchmarks/meta_throughput.py --quick               # CPU, ~1-2 minutes
+    python benchmarks/meta_throughput.py                       # full, one GPU (< 4 min on an H100)
+    python benchmarks/meta_throughput.py --pairs 64 1024       # several GPUs: adds the scaling study
 
-Writes results/meta_throughput[_quick]_<platform>.json and a PNG beside it.
+Writes results/meta_throughput[_<n>dev][_quick]_<platform>.json and a PNG beside it.
 """
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def main():
                             "horizon": HORIZON, "meta_optimizer": "clip 1.0 + adam 3e-4"},
                "throughput": rows, "reference": reference, "scaling": scaling,
                "total_s": time.perf_counter() - t_start}
-    path = write("meta_throughput", payload, args.quick)
+    name = "meta_throughput" + (f"_{len(devices)}dev" if len(devices) > 1 else "")  # keep 1-GPU results apart
+    path = write(name, payload, args.quick)
 
     fig, axes = plt.subplots(1, 2 if scaling else 1, figsize=(10 if scaling else 5, 3.4), squeeze=False)
     ax = axes[0][0]
