@@ -57,6 +57,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import time
 import zlib
 from typing import Any, Callable, NamedTuple, Sequence
@@ -386,7 +387,10 @@ def evaluate(optimizer_factory: Callable[[int], Any], suite: Sequence[SuiteTask]
 def save_results(results: dict, path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    text = json.dumps(results, indent=1)
+    # lists of numbers (the curves) on one line each: a smaller file, still readable
+    text = re.sub(r"\[\n\s+([-\d.eE, \nnulltrufas]*?)\n\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+    path.write_text(text + "\n")
     return path
 
 
