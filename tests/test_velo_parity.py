@@ -293,7 +293,7 @@ def test_velo_trains_inside_fit(tiny):
 
     velo, theta = tiny
     task = tasks.quadratic(dim=6)
-    result = train.fit(task, velo.optimizer(theta, 30), 30, jax.random.PRNGKey(0))
+    result = train.fit(task, velo.optimizer(theta, 30), 30, jax.random.PRNGKey(0), eval_every=30)  # one scan
     assert result.train_loss.shape == (30,) and result.stopped_at is None
     assert np.isfinite(result.train_loss).all()
     start = task.init(jax.random.PRNGKey(0))
