@@ -3,8 +3,7 @@
     python benchmarks/evaluate_pretrained.py                      # full suite (24 tasks), GPU: a few minutes
     python benchmarks/evaluate_pretrained.py --quick              # 4 tasks, 300 steps, CPU
     python benchmarks/evaluate_pretrained.py --weights DIR        # other weights (config.json + theta.npz)
-    python benchmarks/evaluate_pretrained.py --run RUN --recipe configs/pretrained_mlp.json
-                                                                  # θ straight from a meta-training run
+    python benchmarks/evaluate_pretrained.py --run RUN            # θ straight from a meta-training run
     python benchmarks/evaluate_pretrained.py --untrained          # MLPLOpt at its init (normalised momentum)
     python benchmarks/evaluate_pretrained.py --shard 0/2 ; ... --shard 1/2 ; ... --merge 2
                                                                   # split over calls with a time limit
@@ -43,8 +42,6 @@ def optimizer_factory(args):
         return (lambda T: lopt.optimizer(theta, T)), "untrained_mlp", 1000, \
             "MLPLOpt at its initialisation (per-tensor normalised momentum), NOT meta-trained", None
     if args.run:
-        if not args.recipe:
-            raise SystemExit("--run needs --recipe (the JSON the run was made with)")
         weights = load(export_run(args.run, args.recipe, tempfile.mkdtemp()).parent)
         name, what = pathlib.Path(args.run).name, f"theta from meta-training run {args.run}"
     else:
@@ -62,7 +59,7 @@ def main():
     src.add_argument("--weights", help="a pretrained directory or config.json (default: the shipped weights)")
     src.add_argument("--run", help="a meta-training output directory (with --recipe)")
     src.add_argument("--untrained", action="store_true", help="MLPLOpt at init, for comparison")
-    ap.add_argument("--recipe", help="the recipe JSON of --run")
+    ap.add_argument("--recipe", help="the recipe JSON of --run (optional: the run records its own)")
     ap.add_argument("--name", help="results are written as evaluate_<name>[_quick].*")
     ap.add_argument("--steps", type=int, help="step budget (default: the trained horizon; --quick: 300)")
     ap.add_argument("--seed", type=int, default=0)

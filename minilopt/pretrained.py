@@ -14,8 +14,8 @@ The weights live in `minilopt/lopt/pretrained/` as two files:
                    ...}                               # anything else: the recipe, a note, the run
     theta.npz     θ, written by `minilopt.lopt.checkpoint.save`
 
-`save(directory, theta, ...)` writes both; `python -m minilopt.pretrained RUN_DIR
---recipe configs/pretrained_mlp.json` exports θ from a meta-training run.
+`save(directory, theta, ...)` writes both; `python -m minilopt.pretrained RUN_DIR`
+exports θ from a `minilopt meta-train` run (its recipe is read from the run).
 
 Like VeLO, the optimizer knows where it is in training (t / num_steps), and it was
 meta-trained for runs of `horizon` steps. Far longer runs are outside what it has
@@ -47,7 +47,7 @@ HORIZON_FACTOR = 4        # warn when num_steps > HORIZON_FACTOR * horizon
 _FIX = ("The shipped weights live in minilopt/lopt/pretrained/ (restore them with "
         "`git checkout minilopt/lopt/pretrained` or reinstall minilopt), or meta-train your own "
         "(`minilopt meta-train configs/pretrained_mlp.json`), export them with "
-        "`python -m minilopt.pretrained RUN_DIR --recipe configs/pretrained_mlp.json --out DIR`, "
+        "`python -m minilopt.pretrained RUN_DIR --out DIR`, "
         "and pass path=DIR.")
 
 
@@ -158,22 +158,52 @@ def save(directory, theta, *, lopt: str, kwargs: dict, horizon: int, **info) -> 
     return directory / CONFIG
 
 
-def export_run(run_dir, recipe, out=DEFAULT_DIR) -> pathlib.Path:
-    """θ from a meta-training run (`run_dir/checkpoint.npz`) into `out`. The learned
-    optimizer and its horizon come from `recipe`, the JSON config the run was made
-    with (keys of `minilopt meta-train`: "lopt" ("mlp"), "lopt_args", "horizon"); the
-    whole recipe is stored in the weights' config.json."""
+def run_recipe(run_dir) -> dict:
+    """The recipe of a `minilopt meta-train` run, read back from its checkpoint: the
+    CLI's options ("lopt", "lopt_args", "family", "family_args", "seed", ...) plus the
+    unroll's "horizon", "truncation", "estimator", "num_particles", "sigma"."""
+    from .meta import trainer
+
+    run = pathlib.Path(run_dir)
+    _, config = trainer.read_checkpoint(run / trainer.CHECKPOINT if run.is_dir() else run)
+    if "cli" not in config:
+        raise ValueError(f"{run} was not written by `minilopt meta-train` (no 'cli' entry in its config); "
+                         "pass the recipe JSON it was made with")
+    unroll = {k: config[k] for k in ("horizon", "truncation", "estimator", "num_particles", "sigma") if k in config}
+    return {**config["cli"], **unroll}
+
+
+def export_run(run_dir, recipe=None, out=DEFAULT_DIR) -> pathlib.Path:
+    """θ from a meta-training run (`run_dir/checkpoint.npz`) into `out`.
+
+    The learned optimizer, its arguments and the horizon come from the run's own
+    checkpoint (`run_recipe`); `recipe`, a JSON config (keys of `minilopt
+    meta-train`: "lopt", "lopt_args", "horizon", ...), adds to it, and must agree with
+    the run where both say something. The merged recipe is stored in config.json."""
     from .meta import load_theta
 
-    recipe_file = pathlib.Path(recipe)
-    spec = json.loads(recipe_file.read_text())
+    try:
+        spec = run_recipe(run_dir)
+    except ValueError:
+        if recipe is None:
+            raise
+        spec = {}
+    if recipe is not None:
+        recipe_file = pathlib.Path(recipe)
+        given = json.loads(recipe_file.read_text())
+        clash = {k: (given[k], spec[k]) for k in ("lopt", "lopt_args", "horizon", "family", "family_args", "seed")
+                 if k in given and k in spec and given[k] != spec[k]}
+        if clash:
+            raise ValueError(f"{recipe_file} disagrees with the run {run_dir}: "
+                             + ", ".join(f"{k}: recipe {a!r}, run {b!r}" for k, (a, b) in clash.items()))
+        spec = {**given, **spec}
     names = {"mlp": "MLPLOpt", "lstm": "LSTMLOpt", "velo": "VeLO"}
     name = names.get(spec.get("lopt"), spec.get("lopt"))
     if name not in LOPTS:
-        raise ValueError(f"{recipe_file}: unknown lopt {spec.get('lopt')!r}; use one of {sorted(names)}")
+        raise ValueError(f"unknown lopt {spec.get('lopt')!r} in the recipe of {run_dir}; use one of {sorted(names)}")
     if not isinstance(spec.get("horizon"), int):
-        raise ValueError(f"{recipe_file}: needs an int 'horizon' (the meta-training num_steps)")
-    kwargs = spec.get("lopt_args", {})
+        raise ValueError(f"the recipe of {run_dir} needs an int 'horizon' (the meta-training num_steps)")
+    kwargs = spec.get("lopt_args") or {}
     lopt = LOPTS[name](**kwargs)
     theta = load_theta(run_dir, like=lopt.init(jax.random.PRNGKey(0)))
     return save(out, theta, lopt=name, kwargs=kwargs, horizon=spec["horizon"], recipe=spec,
@@ -185,7 +215,8 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description="Export θ from a meta-training run as pretrained weights.")
     ap.add_argument("run_dir", help="the meta-training output directory (holds checkpoint.npz)")
-    ap.add_argument("--recipe", required=True, help="the recipe JSON the run was made with")
+    ap.add_argument("--recipe", help="the recipe JSON the run was made with (optional: the run's checkpoint "
+                                     "already records it; given, it must agree)")
     ap.add_argument("--out", default=str(DEFAULT_DIR), help=f"where to write (default {DEFAULT_DIR})")
     args = ap.parse_args(argv)
     path = export_run(args.run_dir, args.recipe, args.out)

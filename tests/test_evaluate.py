@@ -371,6 +371,21 @@ def test_far_beyond_the_trained_horizon_warns_and_the_suggestion_works(weights):
     assert run.stopped_at is None and run.train_loss[-10:].mean() < run.train_loss[0]
 
 
+def test_export_from_a_cli_run_reads_its_recipe(tmp_path):
+    from minilopt.meta.trainer import save_checkpoint
+    lopt = MLPLOpt(**LOPT_KW)
+    config = {"cli": {"lopt": "mlp", "lopt_args": LOPT_KW, "family": "digits_mlp", "family_args": {}, "seed": 2},
+              "horizon": 40, "truncation": 10, "estimator": "pes", "num_particles": 4}
+    save_checkpoint(tmp_path / "run" / "checkpoint.npz", {"theta": lopt.init(jax.random.key(1))}, config)
+    loaded = P.load(P.export_run(tmp_path / "run", out=tmp_path / "w").parent)
+    assert loaded.horizon == 40 and loaded.config["recipe"]["family"] == "digits_mlp"
+    assert loaded.config["recipe"]["seed"] == 2 and loaded.config["recipe"]["truncation"] == 10
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"lopt": "mlp", "horizon": 1000}))
+    with pytest.raises(ValueError, match="disagrees.*horizon: recipe 1000, run 40"):
+        P.export_run(tmp_path / "run", wrong, tmp_path / "w2")
+
+
 def test_export_from_a_meta_training_checkpoint(tmp_path):
     from minilopt.meta.trainer import save_checkpoint
     lopt = MLPLOpt(**LOPT_KW)
