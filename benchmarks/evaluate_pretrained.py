@@ -110,7 +110,7 @@ def write_outputs(results, stem, what, steps, horizon):
     stem.with_suffix(".md").write_text(f"# {what}\n\nbudget {steps} steps, trained horizon {horizon}; "
                                        f"{results['measure']}\n\nReproduce: `{results['command']}`\n\n{table}")
     E.plot_cdf(results).figure.savefig(stem.with_suffix(".png"), dpi=80, bbox_inches="tight")
-    E.plot_task_curves(results, ncols=6).savefig(f"{stem}_curves.png", dpi=70, bbox_inches="tight")
+    E.plot_task_curves(results, ncols=6).savefig(f"{stem}_curves.png", dpi=60, bbox_inches="tight")
     print(table)
     print(json.dumps(results["summary"], indent=1))
     print(f"{results['seconds']:.0f} s of evaluation; wrote {stem}.json, .md, .png, _curves.png")
