@@ -4,6 +4,7 @@ The references are `minilopt.lopt.features` and `minilopt.lopt.velo`.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,8 +28,9 @@ def lstm_statistics_reference(p, m, rms):
     m (p.shape + (3,)) and rms (p.shape + (1,))."""
     p = jnp.asarray(p, jnp.float32)
     fac = features.factored_init(p, 3)
-    stats, _ = velo.tensor_statistics(p, jnp.zeros_like(p), tuple(jnp.moveaxis(jnp.asarray(m), -1, 0)),
-                                      jnp.asarray(rms)[..., 0], fac)
+    momenta = tuple(jnp.moveaxis(jnp.asarray(m, jnp.float32), -1, 0))   # minilopt keeps one array per decay
+    stats, _ = jax.jit(velo.tensor_statistics)(p, jnp.zeros_like(p), momenta,
+                                               jnp.asarray(rms, jnp.float32)[..., 0], fac)
     return np.asarray(stats)
 
 

@@ -16,11 +16,16 @@ the reference updates. One update, in order:
        p ← p − lr_mult · d · exp(0.001·μ) · 0.001 · sqrt(mean(p²) + 1e-9)
 8. t ← t + 1.
 
-Speed. The per-parameter work is written so XLA can fuse it into few passes over
-memory: the 30 channels are never stacked into one (…, 30) array; each channel's
-normaliser `rsqrt(1e-5 + mean(x²))` comes from a reduction and is folded into the
-(tiny) first-layer weights; and the small matrix products are spelled out as
-broadcast multiply-adds, which fuse, instead of `@`, which would not.
+Speed. Per tensor the update makes three kinds of pass over memory: the row and
+column means of g² (reads g); ONE variadic reduction for every statistic the step
+needs (reads p, g, m, rms: the LSTM's variances and each channel's normaliser
+`rsqrt(1e-5 + mean(x²))`); and ONE fused elementwise pass that recomputes the 30
+channels, runs the MLP and writes p, m, rms. The channels are never stored: the
+normalisers are folded into the (tiny) first-layer weights, the small matrix
+products are spelled out as multiply-adds (which fuse, where `@` would not), and an
+optimization barrier keeps XLA from sharing, and so storing, channels between the
+two passes. The P-way mixing happens once per tensor, and the row/column channels'
+share of the first layer once per row or column.
 """
 from __future__ import annotations
 
