@@ -95,7 +95,7 @@ def make_run(task: Task, optimizer, steps: int, eval_every: int | None = None) -
     """A pure function `run(key, params) -> (train_loss, eval_loss, params, stopped_at)`;
     jit it, or vmap it over keys or over anything the optimizer closes on."""
     opt = optax.with_extra_args_support(optimizer)
-    chunks = _eval_schedule(steps, eval_every)
+    every = _eval_schedule(steps, eval_every)[0]
 
     def step(carry, key):
         params, state, t, stopped_at = carry
@@ -114,16 +114,23 @@ def make_run(task: Task, optimizer, steps: int, eval_every: int | None = None) -
 
     def run(key, params):
         k_eval, k_steps = jax.random.split(key)
+
+        def chunk(carry, keys):  # len(keys) steps, then one eval (same eval key every time)
+            carry, losses = jax.lax.scan(step, carry, keys)
+            return carry, (losses, jnp.where(carry[3] >= 0, jnp.nan, evaluate(carry[0], k_eval)))
+
         carry = (params, opt.init(params), jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
-        losses, evals = [], [evaluate(params, k_eval)]
         step_keys = jax.random.split(k_steps, steps)
-        start = 0
-        for n in chunks:  # a handful of scans, one eval after each
-            carry, chunk = jax.lax.scan(step, carry, step_keys[start:start + n])
-            losses.append(chunk)
-            start += n
-            evals.append(jnp.where(carry[3] >= 0, jnp.nan, evaluate(carry[0], k_eval)))
-        return jnp.concatenate(losses), jnp.stack(evals), carry[0], carry[3]
+        full = steps // every * every
+        # Full chunks in one nested scan, plus at most one shorter chunk: the step is
+        # traced and compiled at most twice, however many evals there are.
+        carry, (losses, evals) = jax.lax.scan(chunk, carry, step_keys[:full].reshape(steps // every, every))
+        losses, evals = [losses.reshape(-1)], [evaluate(params, k_eval)[None], evals]
+        if full < steps:
+            carry, (rest, last) = chunk(carry, step_keys[full:])
+            losses.append(rest)
+            evals.append(last[None])
+        return jnp.concatenate(losses), jnp.concatenate(evals), carry[0], carry[3]
 
     return run
 
