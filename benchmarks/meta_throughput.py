@@ -41,7 +41,7 @@ from minilopt.lopt.mlp import MLPLOpt  # noqa: E402
 from minilopt.meta import estimators, trainer  # noqa: E402
 from minilopt.meta.unroll import TruncatedUnroll  # noqa: E402
 
-from _common import RESULTS, best_time, write  # noqa: E402
+from _common import best_time, write  # noqa: E402
 
 TRUNCATION, HORIZON = 50, 1000
 

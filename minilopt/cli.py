@@ -129,7 +129,7 @@ def evaluate_command(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], []
     for i in range(args.tasks):
-        key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i)
+        key = jax.random.fold_in(jax.random.key(args.seed), i)
         task = family.sample(key, "heldout")
         learned = train.fit(task, lopt.optimizer(theta, steps), steps, key)
         sweep = train.lr_sweep(task, optax.adam, lrs, steps, key)

@@ -37,11 +37,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
+import numpy as np
+from jax.sharding import NamedSharding
 
 from .unroll import TruncatedUnroll, tree_where
 
-SIGNS = jnp.array([1.0, -1.0])
+SIGNS = np.array([1.0, -1.0], np.float32)  # numpy: importing this module starts no JAX backend
 
 
 def _normal_like(key, theta, sigma):
@@ -170,7 +171,7 @@ class _Antithetic(Estimator):
         return {**super().config(), "sigma": self.sigma}
 
     def _estimate(self, weights, meta_pm):
-        """1/(2σ²N) Σ_i w_i (L⁺_i − L⁻_i) for per-pair weights w (ε or ξ), then clean."""
+        """1/(2σ²N) Σ_i w_i (L⁺_i − L⁻_i) for per-pair weights w (ε for ES, ξ for PES)."""
         diff = meta_pm[:, 0] - meta_pm[:, 1]
         return jax.tree.map(
             lambda w: jnp.tensordot(diff, w, axes=1) / (2 * self.sigma**2 * self.num_particles), weights)
