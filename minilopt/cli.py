@@ -80,15 +80,24 @@ def meta_train_command(args) -> dict:
     import optax
 
     from .meta import estimators, trainer
+    from .meta.mixture import Mixture
     from .meta.unroll import TruncatedUnroll
 
     lopt = make_lopt(args.lopt, args.lopt_args)
-    family = make_family(args.family, args.family_args, args.seed)
-    unroll = TruncatedUnroll(lopt, family, args.horizon, args.truncation, clip=args.loss_clip)
-    estimator = estimators.make(args.estimator, unroll, args.particles, args.sigma)
+    if args.structures < 1 or args.particles % args.structures:
+        raise ValueError(f"--particles {args.particles} must split evenly over --structures {args.structures}")
+    # One fixed-shape family per structure (a random family is drawn once per structure),
+    # each with its share of the particles; a Mixture averages their meta-gradients.
+    families = [make_family(args.family, args.family_args, args.seed + i) for i in range(args.structures)]
+    parts = [estimators.make(args.estimator, TruncatedUnroll(lopt, f, args.horizon, args.truncation,
+                                                             clip=args.loss_clip),
+                             args.particles // args.structures, args.sigma) for f in families]
+    estimator = parts[0] if len(parts) == 1 else Mixture(parts)
+    family = families[0]
     meta_opt = optax.chain(optax.clip_by_global_norm(args.clip_grad), optax.adam(args.lr))
     config = {"cli": {"lopt": args.lopt, "lopt_args": args.lopt_args, "family": args.family,
-                      "family_args": args.family_args, "seed": args.seed, "lr": args.lr, "clip_grad": args.clip_grad}}
+                      "family_args": args.family_args, "seed": args.seed, "lr": args.lr, "clip_grad": args.clip_grad,
+                      "structures": args.structures}}
     key = jax.random.PRNGKey(args.seed)
     result = trainer.meta_train(estimator, lopt.init(jax.random.fold_in(key, 1)), args.steps, key,
                                 meta_optimizer=meta_opt, out=args.out, checkpoint_every=args.checkpoint_every,
@@ -99,7 +108,8 @@ def meta_train_command(args) -> dict:
                "config": out / trainer.CONFIG}
     if len(history.get("step", [])):
         outputs["plot"] = plot_meta_loss(history, out / "meta_loss.png")
-    print(f"meta-trained {args.lopt} on {family.name} with {estimator!r} for {result.step} outer steps")
+    names = ", ".join(f.name for f in families)
+    print(f"meta-trained {args.lopt} on {names} with {estimator!r} for {result.step} outer steps")
     for what, path in outputs.items():
         print(f"  {what}: {path}")
     return outputs
@@ -189,10 +199,15 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--clip-grad", type=float, default=1.0, help="global-norm clip of the meta-gradient")
     m.add_argument("--checkpoint-every", type=int, default=50)
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--structures", type=int, default=1,
+                   help="meta-train on this many fixed-shape draws of the family at once (particles split evenly)")
+    m.add_argument("--config", default=None,
+                   help="a JSON recipe whose keys are these options (dashes as underscores); flags given here win")
+    m.add_argument("--out", default=None, help="output directory (required, here or in --config)")
     m.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p.meta_train = m  # parse() sets a recipe's values as this sub-command's defaults
     e = sub.add_parser("evaluate", help="compare a meta-trained optimizer with LR-tuned Adam on held-out tasks")
     e.add_argument("theta", help="a meta-training directory or its checkpoint.npz")
     e.add_argument("--family", default="digits_mlp")
@@ -206,8 +221,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv=None) -> argparse.Namespace:
+    """Parse the command line; for meta-train, a --config recipe supplies the defaults."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "meta-train" and args.config:
+        path = pathlib.Path(args.config)
+        try:
+            recipe = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"cannot read the recipe {path}: {e}")
+        recipe.pop("description", None)
+        known = set(vars(args))
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            p.error(f"{path}: unknown recipe keys {unknown}; use the meta-train options with underscores")
+        p.meta_train.set_defaults(**recipe)
+        args = p.parse_args(argv)
+    if args.command == "meta-train" and not args.out:
+        p.error("meta-train needs --out DIR (or an 'out' key in --config)")
+    return args
+
+
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    args = parse(argv)
     try:
         if args.command == "meta-train":
             meta_train_command(args)

@@ -36,8 +36,9 @@ class Mixture(Estimator):
         return new
 
     def config(self) -> dict:
-        return {"estimator": f"mixture of {self.parts[0].name}", "num_particles": self.num_particles,
-                "parts": [e.config() for e in self.parts]}
+        # The parts share the unroll's horizon, truncation and sigma: keep those at the top.
+        return {**self.parts[0].config(), "estimator": f"mixture of {self.parts[0].name}",
+                "num_particles": self.num_particles, "parts": [e.config() for e in self.parts]}
 
     def init(self, theta, key):
         return tuple(e.init(theta, jax.random.fold_in(key, i)) for i, e in enumerate(self.parts))
