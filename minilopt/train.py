@@ -124,7 +124,7 @@ def make_run(task: Task, optimizer, steps: int, eval_every: int | None = None) -
         full = steps // every * every
         # Full chunks in one nested scan, plus at most one shorter chunk: the step is
         # traced and compiled at most twice, however many evals there are.
-        carry, (losses, evals) = jax.lax.scan(chunk, carry, step_keys[:full].reshape(steps // every, every))
+        carry, (losses, evals) = jax.lax.scan(chunk, carry, step_keys[:full].reshape(steps // every, every, *step_keys.shape[1:]))
         losses, evals = [losses.reshape(-1)], [evaluate(params, k_eval)[None], evals]
         if full < steps:
             carry, (rest, last) = chunk(carry, step_keys[full:])

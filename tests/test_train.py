@@ -97,3 +97,9 @@ def test_lr_sweep_of_adam_on_digits_is_u_shaped():
     assert 0 < sweep.best_index < len(final) - 1          # the best rate is inside the grid
     assert final[0] > 2 * final[sweep.best_index]         # too small is slow
     assert final[-1] > 2 * final[sweep.best_index]        # too large is unstable
+
+
+def test_raw_uint32_keys_work_too():
+    task = tasks.quadratic(dim=2)
+    raw = train.fit(task, optax.sgd(0.1), 7, jax.random.PRNGKey(0), eval_every=3)
+    assert raw.train_loss.shape == (7,) and list(raw.eval_steps) == [0, 3, 6, 7]
