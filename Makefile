@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Jupyter refuses to run as root (as in containers) unless told to.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/00_lesson_map.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/00_lesson_map.ipynb
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(TESTS) --nbval-lax -n 2 --dist loadfile
