@@ -93,7 +93,6 @@ def meta_train_command(args) -> dict:
                                                              clip=args.loss_clip),
                              args.particles // args.structures, args.sigma) for f in families]
     estimator = parts[0] if len(parts) == 1 else Mixture(parts)
-    family = families[0]
     meta_opt = optax.chain(optax.clip_by_global_norm(args.clip_grad), optax.adam(args.lr))
     config = {"cli": {"lopt": args.lopt, "lopt_args": args.lopt_args, "family": args.family,
                       "family_args": args.family_args, "seed": args.seed, "lr": args.lr, "clip_grad": args.clip_grad,

@@ -1,5 +1,4 @@
 """Hypergradients are exact: closed forms, finite differences (float64), first step zero."""
-import contextlib
 import functools
 
 import jax
@@ -14,17 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from minilopt import hyper
 from minilopt.hyper import rules
-
-
-@contextlib.contextmanager
-def float64():
-    if hasattr(jax, "enable_x64"):
-        with jax.enable_x64(True):
-            yield
-    else:  # older jax
-        from jax.experimental import enable_x64
-        with enable_x64():
-            yield
+from helpers import float64
 
 
 def feed(opt, grads):

@@ -6,7 +6,6 @@ docstring to re-run it). Here we replay the same runs (same weights, batches, or
 and stacks) and compare the losses and every level's raw hyperparameters, step by
 step. No PyTorch needed.
 """
-import contextlib
 import functools
 import json
 import pathlib
@@ -19,6 +18,7 @@ from sklearn.datasets import load_digits
 
 from minilopt import hyper
 from minilopt.hyper import rules
+from helpers import float64
 
 REF = np.load(pathlib.Path(__file__).parent / "data" / "gdtuo_reference.npz")
 CONFIG = json.loads(str(REF["config"]))
@@ -35,17 +35,6 @@ RULES = {
 # gdtuo's name for a raw hyperparameter -> minilopt's (the prefix says the parameterisation)
 RAW_NAMES = {"rmsprop": {"alpha": "sqrt_alpha", "gamma": "atanh_gamma"}, "rmsprop_alpha": {"alpha": "sqrt_alpha"},
              "adam": {"beta1": "atanh_beta1", "beta2": "atanh_beta2"}}
-
-
-@contextlib.contextmanager
-def float64():
-    if hasattr(jax, "enable_x64"):
-        with jax.enable_x64(True):
-            yield
-    else:  # older jax
-        from jax.experimental import enable_x64
-        with enable_x64():
-            yield
 
 
 def mlp(params, x):  # torch.nn.Linear layout, as in the reference

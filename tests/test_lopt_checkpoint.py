@@ -8,22 +8,9 @@ import pytest
 
 from minilopt import nn
 from minilopt.lopt import checkpoint, velo
+from helpers import fixture_theta
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "velo")
-
-
-def fixture_theta(path):
-    """theta.npz → nested dict, splitting `theta/<top>/<module…>/<name>` as the
-    fixture README says (the module may itself contain '/')."""
-    theta = {}
-    with np.load(path) as f:
-        for key in f.files:
-            parts = key.split("/")[1:]
-            node = theta.setdefault(parts[0], {})
-            if len(parts) > 2:
-                node = node.setdefault("/".join(parts[1:-1]), {})
-            node[parts[-1]] = f[key]
-    return theta
 
 
 def assert_same_tree(a, b):

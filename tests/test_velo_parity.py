@@ -25,6 +25,7 @@ import optax
 import pytest
 
 from minilopt.lopt import velo as V
+from helpers import fixture_theta
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "velo")
 LEAVES = ("conv/kernel", "dense/b", "dense/w", "scale", "square/w")
@@ -34,20 +35,6 @@ CASES = {
     "small_32x16": dict(hidden=32, mixtures=16, legacy_loss_features=False),
     "default_128x64_legacy_loss": dict(hidden=128, mixtures=64, legacy_loss_features=True),
 }
-
-
-def fixture_theta(path):
-    """theta.npz → nested dict, splitting `theta/<top>/<module…>/<name>` as the
-    fixture README says (the module may itself contain '/')."""
-    theta = {}
-    with np.load(path) as f:
-        for key in f.files:
-            parts = key.split("/")[1:]
-            node = theta.setdefault(parts[0], {})
-            if len(parts) > 2:
-                node = node.setdefault("/".join(parts[1:-1]), {})
-            node[parts[-1]] = f[key]
-    return theta
 
 
 def leaf_tree(fn):

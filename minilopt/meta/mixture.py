@@ -13,7 +13,6 @@ normalises its meta-loss (see `unroll.py`).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from .estimators import Estimator, clean
 
