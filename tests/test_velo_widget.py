@@ -26,5 +26,6 @@ def test_velo_explorer_callback_draws_the_update_surface():
                            fac={"w": {"v_row": jnp.full((9, 3), level), "v_col": jnp.full((9, 3), level)}},
                            iteration=jnp.asarray(40, jnp.int32))
     direct, _ = opt.update({"w": jnp.asarray(G)}, state, params, value=1.0)
-    np.testing.assert_allclose(update, direct["w"], rtol=1e-5, atol=1e-10)
+    # eager vs jitted float32: sums may be ordered differently; 1e-4 is the parity tolerance
+    np.testing.assert_allclose(update, direct["w"], rtol=1e-4, atol=1e-10)
     assert np.abs(update).max() > 0

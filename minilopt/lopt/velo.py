@@ -54,6 +54,7 @@ MLP_GROUPS = (
 )
 MLP_HIDDEN = 4
 MLP_OUTPUTS = 3
+LARGE_TENSOR = 1 << 16  # elements; each such tensor's update is a kernel of its own
 
 
 # ---------------------------------------------------------------------------
@@ -148,12 +149,24 @@ def cliplog(x):
 def tensor_means(channels, shape):
     """The means over a tensor of several channels, in ONE pass: a variadic
     reduction with one output per channel, so no stacked copy is ever stored.
-    Each channel broadcasts to `shape`; returns a vector with one mean per channel."""
+    Each channel broadcasts to `shape`; returns a vector with one mean per channel.
+
+    A tensor of rank ≥ 2 is summed in two explicit stages: along its last axis
+    (one partial sum per row and channel, in the one pass), then the small
+    (channels, rows) array at once. Left to itself, XLA (GPU) splits the reduction
+    the same way but sums each channel's partial rows in a slow single-block loop."""
     channels = [jnp.broadcast_to(c, shape) for c in channels]
-    axes = tuple(range(len(shape)))
     zeros = [jnp.float32(0)] * len(channels)
-    sums = jax.lax.reduce(channels, zeros, lambda a, b: [x + y for x, y in zip(a, b)], axes)
-    return jnp.stack(sums) / float(max(1, int(np.prod(shape))))
+
+    def add(a, b):
+        return [x + y for x, y in zip(a, b)]
+
+    if len(shape) >= 2:
+        rows = [c.reshape(-1, shape[-1]) for c in channels]
+        sums = jnp.sum(jnp.stack(jax.lax.reduce(rows, zeros, add, (1,))), axis=1)
+    else:
+        sums = jnp.stack(jax.lax.reduce(channels, zeros, add, tuple(range(len(shape)))))
+    return sums / float(max(1, int(np.prod(shape))))
 
 
 def mlp_channels(p, g, m, rms, fac, factors=None) -> list:
@@ -199,17 +212,20 @@ ROW_CHANNELS = (15, 16, 17, 21, 22, 23)
 COL_CHANNELS = (18, 19, 20, 24, 25, 26)
 
 
-def fused_inputs(p, g, m, rms, small):
+def fused_inputs(p, g, m, rms, small, after=None):
     """The start of each full-size pass: raw parameters and gradients, the state,
     and the small per-tensor arrays the pass reads, behind an optimization barrier.
 
     The barrier keeps XLA from (a) merging this pass's channels with the other
     pass's into one stored copy: each pass recomputes them from the raw inputs,
-    which costs arithmetic but no memory traffic; and (b) recomputing the small
-    arrays (row/column factors, …) once per element inside the fused loop. Then
-    p → float32 and g → clipped, inside the pass.
+    which costs arithmetic but no memory traffic; (b) recomputing the small arrays
+    (row/column factors, the MLP's weights, …) once per element inside the fused
+    loop; and (c) with `after` (the previous tensor's results), fusing the passes
+    of several tensors into one kernel: XLA's horizontal fusion would make one
+    thread compute every tensor's MLP at once, which spills registers and ran
+    several times slower (GPU). Then p → float32 and g → clipped, inside the pass.
     """
-    p, g, m, rms, small = jax.lax.optimization_barrier((p, g, m, rms, small))
+    p, g, m, rms, small, _ = jax.lax.optimization_barrier((p, g, m, rms, small, after))
     return jnp.asarray(p, jnp.float32), clip_gradient(g), m, rms, small
 
 
@@ -333,7 +349,7 @@ def _dense(xs: list, w, b) -> list:
     return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
 
 
-def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult):
+def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None):
     """Steps 5–7 for one tensor, in one fused pass: returns (Δ, m, rms), float32.
 
         Δ = lr_mult · d · exp(0.001·μ) · 0.001 · sqrt(mean(p²) + 1e-9)
@@ -344,7 +360,8 @@ def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult):
     Σ_c (x_c·n_c)·w0[c] = Σ_c x_c·(n_c·w0[c]). For a rank ≥ 2 tensor the 12
     row/column channels are constant along one axis, so their share of the first
     layer is computed once per row and once per column, not per parameter.
-    Output channel 0 is the direction d, channel 1 the magnitude μ.
+    Output channel 0 is the direction d, channel 1 the magnitude μ. `after`: see
+    `fused_inputs`.
     """
     w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, None] * w["w0"]
     factors = F.factored_factors(fac, p.shape)
@@ -355,15 +372,19 @@ def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult):
         full = [k for k in range(30) if k not in ROW_COL_CHANNELS]
         small_h = (_dense([rc[k] for k in ROW_CHANNELS], w0[np.asarray(ROW_CHANNELS)], w["b0"]),
                    _dense([rc[k] for k in COL_CHANNELS], w0[np.asarray(COL_CHANNELS)], jnp.zeros(4)))
-    p, g, m, rms, (factors, (h_row, h_col)) = fused_inputs(p, g, m, rms, (factors, small_h))
+    param_scale = jnp.sqrt(mean_sq[2] + 1e-9)  # channel 2 is p
+    weights = (w0[np.asarray(full)], w["w1"], w["b1"], w["w2"][:, :2], w["b2"][:2],  # channel 2 unused
+               lr_mult * 0.001 * param_scale)
+    p, g, m, rms, (factors, (h_row, h_col), weights) = fused_inputs(
+        p, g, m, rms, (factors, small_h, weights), after)
+    w0, w1, b1, w2, b2, scale = weights
     m, rms = accumulate(g, m, rms)
     channels = mlp_channels(p, g, m, rms, fac, factors)
     bias = [r + c for r, c in zip(h_row, h_col)]  # each broadcasts along its own axis
-    h = _dense([channels[k] for k in full], w0[np.asarray(full)], bias)
-    h = _dense([jax.nn.relu(x) for x in h], w["w1"], w["b1"])
-    d, mu = _dense([jax.nn.relu(x) for x in h], w["w2"][:, :2], w["b2"][:2])  # channel 2 unused
-    param_scale = jnp.sqrt(mean_sq[2] + 1e-9)  # channel 2 is p
-    return (lr_mult * 0.001 * param_scale) * d * jnp.exp(0.001 * mu), m, rms
+    h = _dense([channels[k] for k in full], w0, bias)
+    h = _dense([jax.nn.relu(x) for x in h], w1, b1)
+    d, mu = _dense([jax.nn.relu(x) for x in h], w2, b2)
+    return scale * d * jnp.exp(0.001 * mu), m, rms
 
 
 # ---------------------------------------------------------------------------
@@ -439,10 +460,14 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
 
     # 5–7. mix the MLP once per tensor, then one fused pass per tensor
     mixed = mix_weights(theta["ff_mod_stack"]["~"], controls)
-    updates, new_m, new_rms = [], [], []
+    updates, new_m, new_rms, last_large = [], [], [], None
     for i, (p_in, g_in, m, rms, fac) in enumerate(zip(p_raw, g_raw, ms, rmss, facs)):
         w = {k: v[i] for k, v in mixed.items()}
-        delta, m, rms = tensor_step(p_in, g_in, m, rms, fac, mean_sq[i], w, lr_mult[i])
+        large = np.size(p_in) >= LARGE_TENSOR
+        delta, m, rms = tensor_step(p_in, g_in, m, rms, fac, mean_sq[i], w, lr_mult[i],
+                                    after=last_large if large else None)
+        if large:  # large tensors' passes run one after another (see fused_inputs)
+            last_large = (delta, m, rms)
         updates.append((-delta).astype(jnp.result_type(p_in)))
         new_m.append(m)
         new_rms.append(rms)
