@@ -7,8 +7,9 @@ this process:
 
     optax.adam                        the baseline
     minilopt Adam                     height 0 (the paper's Adam rule, v starting at eps)
-    Adam/SGD, Adam/SGD/SGD, ...       heights 1..3
+    Adam/SGD, Adam/SGD/SGD, ...       heights 1..3 (mode="auto": forward mode here)
     hyperoptimize(optax adam)         height 1 through optax.inject_hyperparams
+    reverse mode: Adam/SGD, .../SGD   heights 1, 2 with the paper's vjp from stored inputs
 
 Memory: the optimizer state's bytes, and the extra bytes each level adds, also in
 units of one parameter-sized copy.
@@ -64,6 +65,8 @@ def optimizers():
         "Adam/SGD/SGD/SGD": (3, hyper.stack(rules.adam(1e-3), sgd(), sgd(), sgd())),
         "hyperoptimize(optax adam)/SGD": (1, hyper.hyperoptimize(
             optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), by=optax.sgd(1e-6))),
+        "reverse mode: Adam/SGD": (1, hyper.stack(rules.adam(1e-3), sgd(), mode="reverse")),
+        "reverse mode: Adam/SGD/SGD": (2, hyper.stack(rules.adam(1e-3), sgd(), sgd(), mode="reverse")),
     }
 
 

@@ -54,23 +54,24 @@ def test_reference_data_is_what_we_replay():
     assert REF["batches"].shape == (CONFIG["steps"], CONFIG["batch"]) and CONFIG["steps"] >= 40
 
 
-def replay(levels):
+def replay(levels, mode):
     d = load_digits()
     x, y = d.data / 16.0, d.target
     idx = REF["batches"]
     with float64():
         params = {k[len("init/"):]: jnp.asarray(REF[k]) for k in REF.files if k.startswith("init/")}
         assert all(p.dtype == jnp.float64 for p in params.values())
-        opt = hyper.stack(*(RULES[rule](**kw) for rule, kw in levels))
+        opt = hyper.stack(*(RULES[rule](**kw) for rule, kw in levels), mode=mode)
         batches = (jnp.asarray(x[idx]), jnp.asarray(y[idx]))
         traj = jax.jit(lambda p, b: hyper.run(cross_entropy, p, opt, b, raw=True))(params, batches)
         return jax.tree.map(np.asarray, (traj.loss, traj.hyperparams))
 
 
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
 @pytest.mark.parametrize("name", list(CONFIG["stacks"]))
-def test_matches_released_code(name):
+def test_matches_released_code(name, mode):
     levels = CONFIG["stacks"][name]
-    loss, hps = replay(levels)
+    loss, hps = replay(levels, mode)
     np.testing.assert_allclose(loss, REF[f"{name}:loss"], rtol=1e-10, atol=1e-12, err_msg=f"{name}: losses")
     assert len(hps) == len(levels)
     for k, ((rule, kw), ours) in enumerate(zip(levels, hps), start=1):

@@ -7,6 +7,7 @@ import pytest
 
 from minilopt import hyper
 from minilopt.hyper import rules
+from helpers import float64
 
 
 def quadratic(params, x):
@@ -171,10 +172,49 @@ def test_hyperoptimizing_a_hyperoptimized_optax_optimizer():
     assert traj.loss[-1] < traj.loss[0]
 
 
-def test_weights_are_stored_only_for_rules_that_read_them():
+def test_weights_are_stored_only_where_reverse_mode_reads_them():
     adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
-    assert hyper.hyperoptimize(adamw, by=optax.sgd(1e-5)).init(W0).prev_params is not None
-    assert hyper.hyperoptimize(rules.adam(1e-3), by=optax.sgd(1e-5)).init(W0).prev_params is None
+    assert hyper.hyperoptimize(adamw, by=optax.sgd(1e-5), mode="reverse").init(W0).prev_params is not None
+    assert hyper.hyperoptimize(rules.adam(1e-3), by=optax.sgd(1e-5), mode="reverse").init(W0).prev_params is None
+    forward = hyper.hyperoptimize(adamw, by=optax.sgd(1e-5), mode="forward").init(W0)
+    assert forward.prev_params is None and forward.prev_grads is None and forward.prev_inner is None
+    assert len(forward.tangents) == 1  # one tangent: only the learning rate is learned
+
+
+def test_auto_mode_stores_the_smaller_of_tangents_and_yesterdays_inputs():
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    adam = hyper.hyperoptimize(rules.adam(1e-3), by=optax.sgd(1e-5)).init(params)
+    assert len(adam.tangents) == 3 and adam.prev_grads is None  # α, β1, β2: 3 tangents vs g, m, v
+    per_leaf = hyper.hyperoptimize(rules.sgd_per_param(1e-3), by=optax.sgd(1e-5)).init(params)
+    assert per_leaf.tangents is None and per_leaf.prev_grads is not None  # 2 tangents vs 1 gradient
+    with pytest.raises(ValueError, match="mode must be one of"):
+        hyper.hyperoptimize(rules.adam(1e-3), by=optax.sgd(1e-5), mode="backward")
+
+
+@pytest.mark.parametrize("make", [
+    lambda mode: hyper.stack(rules.adam(1e-2), rules.sgd(1e-3), mode=mode),
+    lambda mode: hyper.stack(rules.sgd(1e-2, 0.5), rules.sgd(1e-3), rules.adam(1e-4), mode=mode),
+    lambda mode: hyper.stack(rules.rmsprop(1e-2), rules.adagrad(1e-3), mode=mode),
+    lambda mode: hyper.stack(rules.sgd_per_param(1e-2), rules.sgd(1e-3), mode=mode),
+    lambda mode: hyper.hyperoptimize(optax.inject_hyperparams(optax.adamw)(learning_rate=1e-2),
+                                     by=optax.adam(1e-3), mode=mode),
+], ids=["adam/sgd", "sgd-momentum/sgd/adam", "rmsprop/adagrad", "per-leaf sgd/sgd", "optax adamw/adam"])
+def test_forward_mode_computes_the_same_hypergradients_as_reverse_mode(make):
+    # Two different computations of ⟨g_t, ∂U_{t−1}/∂h⟩ (jvp at the update vs vjp a step
+    # later) must agree to float64 rounding, on a tree with a matrix and a vector leaf.
+    with float64():
+        params = {"w": jax.random.normal(jax.random.PRNGKey(0), (5, 4)), "b": jnp.zeros(4)}
+        xs = jax.random.normal(jax.random.PRNGKey(1), (25, 3, 5))
+
+        def loss(p, x):
+            return jnp.sum(jnp.tanh(x @ p["w"] + p["b"]) ** 2)
+
+        fwd, rev = (jax.jit(lambda p, x, m=m: hyper.run(loss, p, make(m), x, raw=True))(params, xs)
+                    for m in ("forward", "reverse"))
+        np.testing.assert_allclose(fwd.loss, rev.loss, rtol=1e-12)
+        assert any(np.ptp(np.asarray(x)) > 0 for x in jax.tree.leaves(rev.hyperparams[0]))  # level 1 moved
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-15),
+                     fwd.hyperparams, rev.hyperparams)
 
 
 def test_log_alpha_stays_positive_where_the_paper_goes_negative():

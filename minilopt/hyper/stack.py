@@ -25,6 +25,19 @@ One step of a level whose update is Δ = U(g, s; h) (Chandra et al. 2022):
 
 Memory: one gradient-sized copy and one inner state (yesterday's) per level.
 
+Forward mode (`mode="forward"`) computes the very same number the other way round.
+∂f_t/∂h_j = ⟨g_t, ∂U/∂h_j⟩ is a dot product, and ∂U/∂h_j can be taken when U itself
+runs, at step t−1, with `jax.linearize` (one jvp per scalar hyperparameter, the
+primal computed once). The level stores those k tangents, parameter-sized, instead
+of yesterday's inputs, and step t's hypergradient is k dot products with g_t. No
+vjp is re-run, and no buffer is copied from one step's state to the next (in a
+`lax.scan` loop XLA must copy yesterday's inputs; the tangents are written fresh),
+so one level costs about one more pass over memory than the rule it tunes.
+`mode="auto"` (the default) picks forward mode when its k tangents take no more
+memory than yesterday's gradient, inner state (and weights); e.g. forward for
+Adam's α, β1, β2 (3 tangents against g, m, v), reverse for `sgd_per_param` (one
+tangent per leaf against one gradient).
+
 Faults: if the hypergradient or the new h is not finite, the level keeps its
 previous hyperparameters and its hyper-optimizer's state, and counts the step in
 `state.nonfinite`. NaN never reaches the weights through h.
@@ -40,7 +53,9 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .rules import RuleState, values
 
@@ -48,9 +63,11 @@ from .rules import RuleState, values
 class HyperState(NamedTuple):
     inner: Any             # the inner state; its .hyperparams are those used at the last step
     by: Any                # the hyper-optimizer's state (a HyperState again in a taller tower)
-    prev_grads: Any        # g_{t−1}
-    prev_inner: Any        # the inner state the last update started from
-    prev_params: Any       # the weights of the last update, or None if the rule never reads them
+    prev_grads: Any        # reverse mode: g_{t−1} (None in forward mode)
+    prev_inner: Any        # reverse mode: the inner state the last update started from
+    prev_params: Any       # reverse mode: the weights of the last update, or None if the rule never reads them
+    tangents: Any          # forward mode: (∂U_{t−1}/∂h_j for each learned scalar j), each like the
+                           # updates (None in reverse mode)
     valid: jax.Array       # False before the first step: there is no previous update yet
     hypergrad: dict        # the last hypergradient ∂f_t/∂h (read-out)
     nonfinite: jax.Array   # steps whose hypergradient was not finite and were skipped (int32)
@@ -109,13 +126,57 @@ def _select(ok, new, old):
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None) -> optax.GradientTransformationExtraArgs:
+def _nbytes(tree) -> int:
+    return int(sum(np.prod(np.shape(x)) * jnp.result_type(x).itemsize for x in jax.tree.leaves(tree)))
+
+
+ROW = 128  # the row length of the two-stage sums in `_dots`
+
+
+def _dots(tangents, grads, dtype) -> jax.Array:
+    """[Σ over all leaves and elements of t_j · g, for each tangent tree t_j].
+
+    Every leaf whose size is a multiple of ROW is viewed as rows of ROW elements and
+    all of them are summed in ONE pass (products of every t_j at once, row by row),
+    then the row sums in one small second pass. Left to itself, XLA (GPU) makes a
+    kernel per leaf and per j, and ends each with a tiny kernel of its own: at a few
+    microseconds each, that was most of a level's cost. Other leaves are summed
+    directly."""
+    k = len(tangents)
+    g_leaves = jax.tree.leaves(grads)
+    t_leaves = [jax.tree.leaves(t) for t in tangents]
+    rows, rest = [], []
+    for i, g in enumerate(g_leaves):
+        g = jnp.asarray(g, dtype)
+        ts = [jnp.asarray(t[i], dtype) for t in t_leaves]
+        if g.size % ROW == 0 and g.size > 0:
+            rows.append(jnp.stack([(t * g).reshape(-1, ROW) for t in ts]))  # (k, rows, ROW)
+        else:
+            rest.append(jnp.stack([jnp.sum(t * g) for t in ts]))
+    total = jnp.zeros((k,), dtype)
+    if rows:
+        total = total + jnp.sum(jnp.sum(jnp.concatenate(rows, axis=1), axis=2), axis=1)
+    for r in rest:
+        total = total + r
+    return total
+
+
+MODES = ("auto", "forward", "reverse")
+
+
+def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
+                  mode: str = "auto") -> optax.GradientTransformationExtraArgs:
     """Learn `inner`'s hyperparameters online with the optimizer `by` (see the module doc).
 
     inner: a minilopt rule, or an optax optimizer built with optax.inject_hyperparams.
     by:    any optax optimizer, e.g. optax.sgd(1e-5), optax.adam(1e-3), or another hyperoptimize(...).
     learn: names of the hyperparameters to learn (default: all of a rule's; an optax
-           optimizer's "learning_rate")."""
+           optimizer's "learning_rate").
+    mode:  "reverse" (the paper's: jax.vjp through yesterday's update, from stored
+           inputs), "forward" (jax.linearize at the update, stored tangents: the same
+           hypergradient), or "auto" (forward when it stores no more)."""
+    if mode not in MODES:
+        raise ValueError(f"hyperoptimize: mode must be one of {MODES}, got {mode!r}")
     inner = optax.with_extra_args_support(inner)
     by = optax.with_extra_args_support(by)
 
@@ -125,15 +186,39 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None) -> opt
     def with_hyperparams(state, h):
         return state._replace(hyperparams={**state.hyperparams, **h})
 
+    def update_and_tangents(grads, inner_state, h, params, extra_args):
+        """Δ = U(g, s; h), the new inner state, and ∂Δ/∂h_j for every learned scalar j."""
+        flat_h, unravel = ravel_pytree(h)
+
+        def run(x):
+            return inner.update(grads, with_hyperparams(inner_state, unravel(x)), params, **extra_args)
+
+        (updates, new_inner), linear = jax.linearize(run, flat_h)
+        basis = jnp.eye(flat_h.size, dtype=flat_h.dtype)
+        return updates, new_inner, tuple(linear(basis[j])[0] for j in range(flat_h.size))
+
     def init(params):
         inner_state = inner.init(params)
         h = learned(inner_state)
+        reads_params = _reads_params(inner, params, inner_state)
+        forward = mode == "forward"
+        if mode == "auto":
+            k = sum(int(np.size(x)) for x in jax.tree.leaves(h))
+            stored = _nbytes(params) * (2 if reads_params else 1) + _nbytes(inner_state)
+            forward = k * _nbytes(params) <= stored
+        tangents = None
+        if forward:
+            shapes = jax.eval_shape(
+                lambda g, s: update_and_tangents(g, s, learned(s), params if reads_params else None, {})[2],
+                params, inner_state)
+            tangents = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
         return HyperState(
             inner=inner_state,
             by=by.init(h),
-            prev_grads=jax.tree.map(jnp.zeros_like, params),
-            prev_inner=inner_state,
-            prev_params=params if _reads_params(inner, params, inner_state) else None,
+            prev_grads=None if forward else jax.tree.map(jnp.zeros_like, params),
+            prev_inner=None if forward else inner_state,
+            prev_params=params if reads_params and not forward else None,
+            tangents=tangents,
             valid=jnp.zeros((), bool),
             hypergrad=jax.tree.map(jnp.zeros_like, h),
             nonfinite=jnp.zeros((), jnp.int32),
@@ -141,13 +226,18 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None) -> opt
 
     def update(grads, state, params=None, **extra_args):
         h = learned(state.inner)
+        forward = state.tangents is not None
 
         # 1. the hypergradient: g_t pulled back through the previous update, in h only
-        def previous_update(h):
-            return inner.update(state.prev_grads, with_hyperparams(state.prev_inner, h), state.prev_params)[0]
+        if forward:  # ⟨g_t, ∂U_{t−1}/∂h_j⟩ from the stored tangents
+            flat_h, unravel = ravel_pytree(h)
+            hypergrad = unravel(_dots(state.tangents, grads, flat_h.dtype))
+        else:
+            def previous_update(h):
+                return inner.update(state.prev_grads, with_hyperparams(state.prev_inner, h), state.prev_params)[0]
 
-        _, pullback = jax.vjp(previous_update, h)
-        (hypergrad,) = pullback(grads)
+            _, pullback = jax.vjp(previous_update, h)
+            (hypergrad,) = pullback(grads)
         hypergrad = jax.tree.map(lambda x: jnp.where(state.valid, x, jnp.zeros_like(x)), hypergrad)
         finite = _all_finite(hypergrad)
         safe = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), hypergrad)
@@ -160,13 +250,18 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None) -> opt
 
         # 3. this level's update, with the new hyperparameters
         inner_in = with_hyperparams(state.inner, new_h)
-        updates, inner_state = inner.update(grads, inner_in, params, **extra_args)
+        tangents = None
+        if forward:
+            updates, inner_state, tangents = update_and_tangents(grads, state.inner, new_h, params, extra_args)
+        else:
+            updates, inner_state = inner.update(grads, inner_in, params, **extra_args)
         return updates, HyperState(
             inner=inner_state,
             by=by_state,
-            prev_grads=grads,
-            prev_inner=inner_in,
+            prev_grads=None if forward else grads,
+            prev_inner=None if forward else inner_in,
             prev_params=None if state.prev_params is None else params,
+            tangents=tangents,
             valid=jnp.ones((), bool),
             hypergrad=hypergrad,
             nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
@@ -175,16 +270,17 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None) -> opt
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def stack(*levels) -> optax.GradientTransformationExtraArgs:
+def stack(*levels, mode: str = "auto") -> optax.GradientTransformationExtraArgs:
     """A tower, written bottom-up like the paper: stack(adam(), sgd(1e-5)) is Adam / SGD.
 
     The first level trains the weights, each next level trains the one below, and the
-    top level's hyperparameters stay constant. The top may be any optax optimizer."""
+    top level's hyperparameters stay constant. The top may be any optax optimizer.
+    `mode` is every level's (see `hyperoptimize`)."""
     if not levels:
         raise ValueError("stack needs at least one optimizer, e.g. stack(rules.sgd(0.01), rules.sgd(1e-4))")
     tower = levels[-1]
     for level in reversed(levels[:-1]):
-        tower = hyperoptimize(level, by=tower)
+        tower = hyperoptimize(level, by=tower, mode=mode)
     return optax.with_extra_args_support(tower)
 
 
