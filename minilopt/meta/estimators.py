@@ -102,6 +102,10 @@ class Estimator:
     def _particle_keys(self, key):
         return self._shard(jax.random.split(key, self.num_particles))
 
+    def _persistent_runs(self, theta, key):
+        """One fresh, persistent inner run per particle (the truncated estimators' state)."""
+        return self._shard(jax.vmap(lambda k: self.unroll.init(theta, k))(self._particle_keys(key)))
+
     def config(self) -> dict:
         return {"estimator": self.name, "num_particles": self.num_particles, **self.unroll.config()}
 
@@ -137,7 +141,7 @@ class TruncatedGrad(Estimator):
     name = "truncated_grad"
 
     def init(self, theta, key):
-        return self._shard(jax.vmap(lambda k: self.unroll.init(theta, k))(self._particle_keys(key)))
+        return self._persistent_runs(theta, key)
 
     def __call__(self, theta, state, key):
         def one(s):
@@ -200,7 +204,7 @@ class TruncatedES(_Antithetic):
     name = "truncated_es"
 
     def init(self, theta, key):
-        return self._shard(jax.vmap(lambda k: self.unroll.init(theta, k))(self._particle_keys(key)))
+        return self._persistent_runs(theta, key)
 
     def __call__(self, theta, state, key):
         def pair(s, k):
