@@ -52,21 +52,28 @@ from minilopt.hyper import rules  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 N_DATA = 4096
+KAPPA = (1e-6, 1e-10, 1e-14)  # the SGD hyper-step size at levels 1, 2, 3 (see `optimizers`)
 
 
 def optimizers():
-    """label -> (height, optimizer). The hyper-step sizes do not change the cost."""
-    sgd = lambda: rules.sgd(1e-6)
+    """label -> (height, optimizer).
+
+    The hyper-step sizes shrink by 1e-4 per level (1e-6, 1e-10, 1e-14): each level's
+    hypergradient is a product of the ones below, so its scale grows. With 1e-6 at
+    every level the towers of height 2 and 3 diverge to NaN within 10 steps, and a
+    benchmark should time the optimizer people would run."""
+    kappa = KAPPA
+    sgd = lambda level: rules.sgd(kappa[level - 1])  # noqa: E731
     return {
         "optax.adam": (None, optax.adam(1e-3)),
         "Adam (height 0)": (0, rules.adam(1e-3)),
-        "Adam/SGD": (1, hyper.stack(rules.adam(1e-3), sgd())),
-        "Adam/SGD/SGD": (2, hyper.stack(rules.adam(1e-3), sgd(), sgd())),
-        "Adam/SGD/SGD/SGD": (3, hyper.stack(rules.adam(1e-3), sgd(), sgd(), sgd())),
+        "Adam/SGD": (1, hyper.stack(rules.adam(1e-3), sgd(1))),
+        "Adam/SGD/SGD": (2, hyper.stack(rules.adam(1e-3), sgd(1), sgd(2))),
+        "Adam/SGD/SGD/SGD": (3, hyper.stack(rules.adam(1e-3), sgd(1), sgd(2), sgd(3))),
         "hyperoptimize(optax adam)/SGD": (1, hyper.hyperoptimize(
-            optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), by=optax.sgd(1e-6))),
-        "reverse mode: Adam/SGD": (1, hyper.stack(rules.adam(1e-3), sgd(), mode="reverse")),
-        "reverse mode: Adam/SGD/SGD": (2, hyper.stack(rules.adam(1e-3), sgd(), sgd(), mode="reverse")),
+            optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), by=optax.sgd(kappa[0]))),
+        "reverse mode: Adam/SGD": (1, hyper.stack(rules.adam(1e-3), sgd(1), mode="reverse")),
+        "reverse mode: Adam/SGD/SGD": (2, hyper.stack(rules.adam(1e-3), sgd(1), sgd(2), mode="reverse")),
     }
 
 
@@ -144,6 +151,7 @@ GDTUO_SCRIPT = textwrap.dedent("""
     import torch.nn.functional as F
     from gradient_descent_the_ultimate_optimizer import gdtuo
     width, batch, steps, heights = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+    kappa = json.loads(sys.argv[5])
     torch.manual_seed(0)
     x, y = torch.randn(4096, 784), torch.randint(0, 10, (4096,))
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": {}}
@@ -151,8 +159,8 @@ GDTUO_SCRIPT = textwrap.dedent("""
         model = torch.nn.Sequential(torch.nn.Linear(784, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
                                     torch.nn.Tanh(), torch.nn.Linear(width, 10))
         opt = gdtuo.NoOpOptimizer()
-        for _ in range(h):
-            opt = gdtuo.SGD(1e-6, optimizer=opt)
+        for level in range(h, 0, -1):  # built top-down; the same hyper-step sizes as minilopt's towers
+            opt = gdtuo.SGD(kappa[level - 1], optimizer=opt)
         mw = gdtuo.ModuleWrapper(model, optimizer=gdtuo.Adam(1e-3, optimizer=opt))
         mw.initialize()
         def step():
@@ -183,7 +191,8 @@ GDTUO_SCRIPT = textwrap.dedent("""
 def time_gdtuo(python, width, batch, steps):
     if not python or not pathlib.Path(python).exists():
         return {"skipped": f"no Python with PyTorch and gdtuo at {python!r}"}
-    proc = subprocess.run([python, "-c", GDTUO_SCRIPT, str(width), str(batch), str(steps), json.dumps([0, 1, 2, 3])],
+    proc = subprocess.run([python, "-c", GDTUO_SCRIPT, str(width), str(batch), str(steps), json.dumps([0, 1, 2, 3]),
+                           json.dumps(KAPPA)],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         return {"skipped": f"the gdtuo subprocess failed: {proc.stderr.strip()[-500:]}"}

@@ -1,0 +1,95 @@
+"""VeLO's hand-written statistics kernel (minilopt.lopt.velo_kernels).
+
+The kernel runs on GPU only for large 2-D tensors; here it runs in Pallas's
+interpreter, which executes the same kernel body tile by tile, masks included.
+
+- Its 26 sums equal the definitions (spec §5–6), computed independently in float64
+  with numpy, on shapes that do not divide into tiles, with NaN, ±inf and 1e30
+  gradients and bfloat16 parameters.
+- A whole VeLO step that takes the kernel for its matrices (both orientations of the
+  factored axes) gives the same update and state as the jnp code path, which the
+  parity tests check against the reference.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minilopt.lopt import VeLO
+from minilopt.lopt import features as F
+from minilopt.lopt import velo as V
+from minilopt.lopt import velo_kernels as K
+
+
+def reference_sums(p, g, m, rms, f0, f1, shift):
+    """The 26 sums from their definitions, in float64."""
+    p, m, rms = np.float64(p), [np.float64(x) for x in m], np.float64(rms)
+    g = np.clip(np.nan_to_num(np.float64(g), nan=0.0, posinf=1e3, neginf=-1e3), -1e3, 1e3)
+    m_new = [b * mi + (1 - b) * g for b, mi in zip((0.9, 0.99, 0.999), m)]
+    rms_new = 0.999 * rms + 0.001 * g * g
+    r = 1 / np.sqrt(rms_new + 1e-6)
+    fac = [np.outer(f0[k], f1[k]) for k in range(3)]
+    dm = [mi - s for mi, s in zip(m, shift[:3])]
+    dr = rms - shift[3]
+    channels = [g, np.clip(g, -0.1, 0.1), p, *m_new, rms_new, *[mi * r for mi in m_new], r,
+                *[g * f for f in fac], g * r, *[mi * f for mi, f in zip(m_new, fac)]]
+    terms = [*dm, dr, *[x * x for x in dm], dr * dr, *[c * c for c in channels]]
+    return np.array([t.sum() for t in terms])
+
+
+@pytest.mark.parametrize("shape,dtype", [((37, 300), jnp.float32), ((300, 37), jnp.float32),
+                                         ((17, 129), jnp.bfloat16), ((8, 512), jnp.float32)])
+def test_statistics_kernel_matches_the_definitions(shape, dtype):
+    ks = jax.random.split(jax.random.PRNGKey(sum(shape)), 9)
+    p = jax.random.normal(ks[0], shape).astype(dtype)
+    g = 0.1 * jax.random.normal(ks[1], shape)
+    g = g.at[0, 1].set(jnp.nan).at[1, 2].set(jnp.inf).at[2, 3].set(-jnp.inf).at[3, 4].set(1e30)
+    m = [0.01 * jax.random.normal(k, shape) for k in ks[2:5]]
+    rms = 1e-3 * jax.random.uniform(ks[5], shape)
+    f0 = jax.random.uniform(ks[6], (3, shape[0]), minval=0.5, maxval=2.0)
+    f1 = jax.random.uniform(ks[7], (3, shape[1]), minval=0.5, maxval=2.0)
+    shift = jnp.array([m[0][0, 0], m[1][0, 0], m[2][0, 0], rms[0, 0]])
+    got = K.statistics_sums(p, g, m, rms, f0, f1, shift, momentum_decays=V.MOMENTUM_DECAYS,
+                            rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True)
+    want = reference_sums(np.asarray(p.astype(jnp.float32)), np.asarray(g), [np.asarray(x) for x in m],
+                          np.asarray(rms), np.asarray(f0), np.asarray(f1), np.asarray(shift))
+    assert got.shape == (K.NUM_SUMS,) and np.all(np.isfinite(got))
+    # float32 arithmetic (decays included: 1 − 0.999 is 0.00099998713 in float32) against float64
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-9 * np.abs(want).max())
+
+
+def test_kernel_is_only_for_large_matrices_on_gpu():
+    on_gpu = jax.default_backend() == "gpu"
+    assert K.applies((4096, 4096)) == on_gpu
+    assert not K.applies((4096,)) and not K.applies((64, 64)) and not K.applies((8, 8, 4096))
+
+
+def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
+    velo = VeLO(hidden=16, mixtures=4)
+    theta = velo.init(jax.random.PRNGKey(0))
+    opt = velo.optimizer(theta, num_steps=50)
+    ks = jax.random.split(jax.random.PRNGKey(1), 4)
+    # square, tall and wide: the factored axes d0/d1 and so the kernel's f0/f1 swap
+    params = {"square": jax.random.normal(ks[0], (40, 40)), "tall": jax.random.normal(ks[1], (70, 24)),
+              "wide": jax.random.normal(ks[2], (24, 130)), "bias": jnp.zeros((24,))}
+
+    def run(use_kernel, steps):
+        monkeypatch.setattr(K, "applies", lambda shape: use_kernel and len(shape) == 2)
+        state, p = opt.init(params), params
+        step = jax.jit(lambda g, s, p: opt.update(g, s, p, value=1.0))  # a new trace per path
+        for t in range(steps):  # gradients that do not depend on p: no feedback of rounding differences
+            g = jax.tree.map(lambda x: jnp.sin(3.0 * x + t), params)
+            u, state = step(g, state, p)
+            p = jax.tree.map(jnp.add, p, u)
+        return u, state
+
+    # one step: elementwise, as the parity tests compare with the reference
+    for a, b in zip(jax.tree.leaves(run(True, 1)), jax.tree.leaves(run(False, 1))):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-9)
+    # three steps: the two summation orders' rounding (~1e-7) goes through the LSTM each
+    # step, so compare each leaf at its own scale; a wrong statistic changes it by O(1)
+    (u_k, s_k), (u_j, s_j) = run(True, 3), run(False, 3)
+    for a, b in zip(jax.tree.leaves((u_k, s_k)), jax.tree.leaves((u_j, s_j))):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    assert all(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(u_k))  # every leaf moved
