@@ -15,6 +15,12 @@ row_f[j]·col_f[i] is one product of two small vectors, with no index arithmetic
 `statistics_sums` runs the kernel on GPU for large 2-D tensors (`applies`);
 `interpret=True` runs it anywhere (slowly), which is how the tests check it
 against the jnp reference on CPU.
+
+Known limit: derivatives take the jnp sums (`jax.custom_jvp`), which works in the
+interpreter; on GPU, `jax.grad`/`jax.vmap` through the Triton kernel still failed
+in the last test (a symbolic zero reached Pallas). To differentiate or vmap VeLO
+over matrices of ≥ 65536 elements on GPU, set `velo_kernels.ENABLED = False`
+first; the project's own meta-training uses smaller tensors and never reaches it.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
+from jax.custom_derivatives import SymbolicZero
 from jax.experimental.pallas import triton as plgpu
 
 NUM_SUMS = 26
@@ -33,24 +40,40 @@ NUM_WARPS = 2
 NUM_STAGES = 3      # Triton prefetches the next tiles while one is summed
 MIN_PROGRAMS = 1024  # split the columns until there are about this many programs
 MIN_SIZE = 1 << 16   # smaller tensors: the jnp code (the kernel would be mostly launch cost)
+ENABLED = True       # False: always the jnp code (see the known limit above)
 
 
 def applies(shape) -> bool:
     """Is the kernel used for a tensor of this shape (on this backend)?"""
-    return (jax.default_backend() == "gpu" and len(shape) == 2
+    return (ENABLED and jax.default_backend() == "gpu" and len(shape) == 2
             and int(np.prod(shape)) >= MIN_SIZE and min(shape) >= BLOCK[0])
 
 
-def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, *refs, shape, block, tiles,
-                  momentum_decays, rms_decay, grad_clip):
-    """One tile's 26 sums, in the order of `velo.tensor_statistics`:
+def _terms(p, g, m, rms, f0, f1, shifts, ok, momentum_decays, rms_decay, grad_clip):
+    """The 26 per-element terms whose sums `velo.tensor_statistics` needs, in its order:
 
         m_i − c_i (3), rms − c_r, their squares (4), then the squares of the channels
         g, clip(g, ±0.1), p, m'_i (3), rms', m'_i·r (3), r, g·F_i (3), g·r, m'_i·F_i (3)
 
-    with m', rms' the updated accumulators, r = rsqrt(rms' + 1e-6) and
-    F_i = f0_i[row]·f1_i[col] the factored preconditioner.
+    with g clipped (NaN → 0, ±inf → ±1000), m', rms' the updated accumulators,
+    r = rsqrt(rms' + 1e-6) and F_i = f0[i]·f1[i] the factored preconditioner (f0[i]
+    varies along rows, f1[i] along columns). `ok` masks the elements outside the
+    tensor, where the kernel reads zeros; the other terms are zero there anyway.
     """
+    g = jnp.clip(jnp.where(g != g, 0.0, g), -grad_clip, grad_clip)
+    m_new = [b * mi + (1 - b) * g for b, mi in zip(momentum_decays, m)]
+    rms_new = rms_decay * rms + (1 - rms_decay) * g * g
+    r = jnp.where(ok, jax.lax.rsqrt(rms_new + 1e-6), 0.0)
+    fac = [a * b for a, b in zip(f0, f1)]
+    dm = [jnp.where(ok, mi - c, 0.0) for mi, c in zip(m, shifts)]
+    dr = jnp.where(ok, rms - shifts[3], 0.0)
+    channels = [g, jnp.clip(g, -0.1, 0.1), p, *m_new, rms_new, *[mi * r for mi in m_new], r,
+                *[g * f for f in fac], g * r, *[mi * f for mi, f in zip(m_new, fac)]]
+    return [*dm, dr, *[x * x for x in dm], dr * dr, *[c * c for c in channels]]
+
+
+def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, *refs, shape, block, tiles, constants):
+    """This program's 26 sums (`_terms`) over its row block and its range of column tiles."""
     f0_refs, f1_refs, (shift_ref, out_ref) = refs[:3], refs[3:6], refs[6:]
     R, C = shape
     BR, BC = block
@@ -74,16 +97,7 @@ def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, *refs, shape, b
         m = [tile(ref) for ref in (m0_ref, m1_ref, m2_ref)]
         rms = tile(rms_ref)
         f1 = [plgpu.load(ref.at[pl.ds(col0, BC)], mask=col_ok, other=0.0)[None, :] for ref in f1_refs]
-        g = jnp.clip(jnp.where(g != g, 0.0, g), -grad_clip, grad_clip)  # NaN → 0, ±inf → ±1000
-        m_new = [b * mi + (1 - b) * g for b, mi in zip(momentum_decays, m)]
-        rms_new = rms_decay * rms + (1 - rms_decay) * g * g
-        r = jnp.where(ok, jax.lax.rsqrt(rms_new + 1e-6), 0.0)
-        fac = [f0[k] * f1[k] for k in range(3)]
-        dm = [jnp.where(ok, mi - shifts[k], 0.0) for k, mi in enumerate(m)]
-        dr = jnp.where(ok, rms - shifts[3], 0.0)
-        channels = [g, jnp.clip(g, -0.1, 0.1), p, *m_new, rms_new, *[mi * r for mi in m_new], r,
-                    *[g * f for f in fac], g * r, *[mi * f for mi, f in zip(m_new, fac)]]
-        return [*dm, dr, *[x * x for x in dm], dr * dr, *[c * c for c in channels]]
+        return _terms(p, g, m, rms, f0, f1, shifts, ok, **constants)
 
     # Sum elementwise over this program's tiles, then across the tile once at the end:
     # a cross-thread reduction per tile and statistic would cost more than the reads.
@@ -107,16 +121,35 @@ def statistics_sums(p, g, m, rms, f0, f1, shift, *, momentum_decays, rms_decay, 
     R, C = p.shape
     block = block or BLOCK
     interpret = interpret or jax.default_backend() != "gpu"  # Triton compiles for GPUs only
+    constants = dict(momentum_decays=tuple(np.float32(b) for b in momentum_decays),
+                     rms_decay=np.float32(rms_decay), grad_clip=float(grad_clip))
     row_blocks, col_blocks = pl.cdiv(R, block[0]), pl.cdiv(C, block[1])
     splits = min(col_blocks, pl.cdiv(MIN_PROGRAMS, row_blocks))  # column ranges per row block
     tiles = pl.cdiv(col_blocks, splits)                          # tiles per program
     grid = (row_blocks, pl.cdiv(col_blocks, tiles))
-    kernel = functools.partial(
-        _stats_kernel, shape=(R, C), block=block, tiles=tiles, grad_clip=float(grad_clip),
-        momentum_decays=tuple(np.float32(b) for b in momentum_decays), rms_decay=np.float32(rms_decay))
-    partials = pl.pallas_call(
-        kernel, grid=grid, interpret=interpret, name="velo_statistics",
-        out_shape=jax.ShapeDtypeStruct(grid + (LANES,), jnp.float32),
-        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
-    )(p, g, *m, rms, *jnp.asarray(f0, jnp.float32), *jnp.asarray(f1, jnp.float32), jnp.asarray(shift, jnp.float32))
-    return jnp.sum(partials, axis=(0, 1))[:NUM_SUMS]
+
+    def with_kernel(p, g, m, rms, f0, f1, shift):
+        kernel = functools.partial(_stats_kernel, shape=(R, C), block=block, tiles=tiles, constants=constants)
+        partials = pl.pallas_call(
+            kernel, grid=grid, interpret=interpret, name="velo_statistics",
+            out_shape=jax.ShapeDtypeStruct(grid + (LANES,), jnp.float32),
+            compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+        )(p, g, *m, rms, *f0, *f1, shift)
+        return jnp.sum(partials, axis=(0, 1))[:NUM_SUMS]
+
+    def with_jnp(p, g, m, rms, f0, f1, shift):  # the same sums, differentiable
+        terms = _terms(p.astype(jnp.float32), g.astype(jnp.float32), m, rms, [f[:, None] for f in f0],
+                       [f[None, :] for f in f1], shift, True, **constants)
+        return jnp.stack([jnp.sum(t) for t in terms])
+
+    # Meta-training backpropagates through VeLO's steps. The kernel has no derivative
+    # rule: derivatives take the jnp sums instead.
+    def jvp(primals, tangents):
+        tangents = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype) if isinstance(t, SymbolicZero) else t,
+                                tangents, is_leaf=lambda t: isinstance(t, SymbolicZero))
+        return jax.jvp(with_jnp, primals, tangents)
+
+    sums = jax.custom_jvp(with_kernel)
+    sums.defjvp(jvp, symbolic_zeros=True)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    return sums(p, g, tuple(m), rms, f32(f0), f32(f1), f32(shift))
