@@ -27,8 +27,8 @@ Memory: one gradient-sized copy and one inner state (yesterday's) per level.
 
 Forward mode (`mode="forward"`) computes the very same number the other way round.
 ∂f_t/∂h_j = ⟨g_t, ∂U/∂h_j⟩ is a dot product, and ∂U/∂h_j can be taken when U itself
-runs, at step t−1, with `jax.linearize` (one jvp per scalar hyperparameter, the
-primal computed once). The level stores those k tangents, parameter-sized, instead
+runs, at step t−1, with one `jax.jvp` per scalar hyperparameter (XLA computes the
+shared primal once). The level stores those k tangents, parameter-sized, instead
 of yesterday's inputs, and step t's hypergradient is k dot products with g_t. No
 vjp is re-run, and no buffer is copied from one step's state to the next (in a
 `lax.scan` loop XLA must copy yesterday's inputs; the tangents are written fresh),
@@ -133,32 +133,31 @@ def _nbytes(tree) -> int:
 ROW = 128  # the row length of the two-stage sums in `_dots`
 
 
+def _add_tuples(a, b):
+    return tuple(x + y for x, y in zip(a, b))
+
+
 def _dots(tangents, grads, dtype) -> jax.Array:
     """[Σ over all leaves and elements of t_j · g, for each tangent tree t_j].
 
-    Every leaf whose size is a multiple of ROW is viewed as rows of ROW elements and
-    all of them are summed in ONE pass (products of every t_j at once, row by row),
-    then the row sums in one small second pass. Left to itself, XLA (GPU) makes a
-    kernel per leaf and per j, and ends each with a tiny kernel of its own: at a few
-    microseconds each, that was most of a level's cost. Other leaves are summed
-    directly."""
+    Two stages, in two kernels on GPU whatever the number of leaves: every leaf's
+    products t_j · g are laid end to end (zero-padded to whole rows of ROW) and ONE
+    variadic reduction sums all k of them row by row, reading g once; then the
+    (k, rows) row sums are summed. Left to itself, XLA (GPU) makes a kernel per leaf
+    and per j, and ends each with a tiny kernel of its own: at about a microsecond
+    each, that was most of a level's cost; a reduction over one (k, ...) stacked array
+    instead reads g k times."""
     k = len(tangents)
-    g_leaves = jax.tree.leaves(grads)
     t_leaves = [jax.tree.leaves(t) for t in tangents]
-    rows, rest = [], []
-    for i, g in enumerate(g_leaves):
-        g = jnp.asarray(g, dtype)
-        ts = [jnp.asarray(t[i], dtype) for t in t_leaves]
-        if g.size % ROW == 0 and g.size > 0:
-            rows.append(jnp.stack([(t * g).reshape(-1, ROW) for t in ts]))  # (k, rows, ROW)
-        else:
-            rest.append(jnp.stack([jnp.sum(t * g) for t in ts]))
-    total = jnp.zeros((k,), dtype)
-    if rows:
-        total = total + jnp.sum(jnp.sum(jnp.concatenate(rows, axis=1), axis=2), axis=1)
-    for r in rest:
-        total = total + r
-    return total
+    rows = [[] for _ in range(k)]
+    for i, g in enumerate(jax.tree.leaves(grads)):
+        g = jnp.ravel(jnp.asarray(g, dtype))
+        for j in range(k):
+            product = jnp.ravel(jnp.asarray(t_leaves[j][i], dtype)) * g
+            rows[j].append(jnp.pad(product, (0, -g.size % ROW)).reshape(-1, ROW))
+    operands = tuple(jnp.concatenate(r) for r in rows)
+    row_sums = jax.lax.reduce(operands, (jnp.zeros((), dtype),) * k, _add_tuples, (1,))
+    return jnp.sum(jnp.stack(row_sums), axis=1)
 
 
 MODES = ("auto", "forward", "reverse")
@@ -173,8 +172,8 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
     learn: names of the hyperparameters to learn (default: all of a rule's; an optax
            optimizer's "learning_rate").
     mode:  "reverse" (the paper's: jax.vjp through yesterday's update, from stored
-           inputs), "forward" (jax.linearize at the update, stored tangents: the same
-           hypergradient), or "auto" (forward when it stores no more)."""
+           inputs), "forward" (one jax.jvp per hyperparameter at the update, stored
+           tangents: the same hypergradient), or "auto" (forward when it stores no more)."""
     if mode not in MODES:
         raise ValueError(f"hyperoptimize: mode must be one of {MODES}, got {mode!r}")
     inner = optax.with_extra_args_support(inner)
@@ -187,15 +186,30 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
         return state._replace(hyperparams={**state.hyperparams, **h})
 
     def update_and_tangents(grads, inner_state, h, params, extra_args):
-        """Δ = U(g, s; h), the new inner state, and ∂Δ/∂h_j for every learned scalar j."""
-        flat_h, unravel = ravel_pytree(h)
+        """Δ = U(g, s; h), the new inner state, and ∂Δ/∂h_j for every learned scalar j.
 
-        def run(x):
-            return inner.update(grads, with_hyperparams(inner_state, unravel(x)), params, **extra_args)
+        One jvp per scalar, each differentiating in that hyperparameter alone (the
+        others are closed over, so their tangents are symbolic zeros, and a scalar's
+        tangent is the constant 1). XLA computes the shared primal once. A single
+        jax.linearize with a one-hot basis gives the same numbers, but carries every
+        basis vector's zeros through the scalar work: on GPU that was a dozen more
+        tiny kernels per step."""
+        leaves, treedef = jax.tree.flatten(h)
+        result, tangents = None, []
+        for i, leaf in enumerate(leaves):
+            leaf = jnp.asarray(leaf)
 
-        (updates, new_inner), linear = jax.linearize(run, flat_h)
-        basis = jnp.eye(flat_h.size, dtype=flat_h.dtype)
-        return updates, new_inner, tuple(linear(basis[j])[0] for j in range(flat_h.size))
+            def run(x, i=i):
+                h_i = jax.tree.unflatten(treedef, [*leaves[:i], x, *leaves[i + 1:]])
+                return inner.update(grads, with_hyperparams(inner_state, h_i), params, **extra_args)
+
+            for e in range(leaf.size):
+                one_hot = (jnp.ones_like(leaf) if leaf.size == 1
+                           else jnp.zeros(leaf.size, leaf.dtype).at[e].set(1).reshape(leaf.shape))
+                result, (d_updates, _) = jax.jvp(run, (leaf,), (one_hot,))
+                tangents.append(d_updates)
+        updates, new_inner = result
+        return updates, new_inner, tuple(tangents)
 
     def init(params):
         inner_state = inner.init(params)
