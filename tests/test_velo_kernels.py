@@ -1,9 +1,10 @@
-"""VeLO's hand-written statistics kernel (minilopt.lopt.velo_kernels).
+"""VeLO's hand-written kernels (minilopt.lopt.velo_kernels).
 
 The kernel runs on GPU only for large 2-D tensors; here it runs in Pallas's
 interpreter, which executes the same kernel body tile by tile, masks included.
 
-- Its 26 sums equal the definitions (spec §5–6), computed independently in float64
+- The statistics kernel's 26 sums, and the factored kernel's row and column sums
+  of g², equal their definitions (spec §5–6), computed independently in float64
   with numpy, on shapes that do not divide into tiles, with NaN, ±inf and 1e30
   gradients and bfloat16 parameters.
 - A whole VeLO step that takes the kernel for its matrices (both orientations of the
@@ -111,7 +112,8 @@ def test_derivatives_and_vmap_through_the_kernel_path(monkeypatch):
 
     def loss(p, g):
         stats, mean_sq = V.tensor_statistics(p, g, m, rms, fac)
-        return jnp.sum(stats) + jnp.sum(jnp.log(mean_sq))
+        new_fac = V.factored_update(F.factored_init(p, 3), g * p)  # the factored kernel's derivatives too
+        return jnp.sum(stats) + jnp.sum(jnp.log(mean_sq)) + sum(jnp.sum(jnp.log(v)) for v in new_fac.values())
 
     def run(use_kernel):
         monkeypatch.setattr(K, "applies", lambda s: use_kernel)
@@ -125,3 +127,20 @@ def test_derivatives_and_vmap_through_the_kernel_path(monkeypatch):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * np.abs(np.asarray(b)).max())
     np.testing.assert_allclose(np.asarray(batched_k), np.asarray(batched_j), rtol=1e-5)
     assert abs(float(batched_j[0] - batched_j[1])) > 1e-3  # the two batch members differ
+
+
+@pytest.mark.parametrize("shape,dtype", [((37, 300), jnp.float32), ((300, 37), jnp.float32),
+                                         ((17, 129), jnp.bfloat16), ((4100, 3), jnp.float32)])
+def test_factored_sums_match_the_definitions(shape, dtype):
+    """Row and column sums of clip(g)² + 1e-30 (the factored second moment's means,
+    times the axis length), on shapes that do not divide into tiles; the last one
+    has enough rows for 16-row tiles."""
+    g = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
+    g = g.at[0, 1].set(jnp.nan).at[1, 2].set(jnp.inf).at[2, 0].set(-jnp.inf).at[3, 1].set(1e30).astype(dtype)
+    along1, along0 = K.factored_sums(g, grad_clip=V.GRAD_CLIP, interpret=True)
+    want = np.clip(np.nan_to_num(np.asarray(g.astype(jnp.float32), np.float64), nan=0.0, posinf=1e3, neginf=-1e3),
+                   -1e3, 1e3) ** 2 + 1e-30
+    assert along1.shape == (shape[0],) and along0.shape == (shape[1],)
+    np.testing.assert_allclose(np.asarray(along1), want.sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(along0), want.sum(axis=0), rtol=1e-5)
+    assert float(along1[1]) >= 1e6 and float(along1[3]) >= 1e6  # ±inf and 1e30 clipped to ±1000, squared
