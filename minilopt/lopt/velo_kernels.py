@@ -201,7 +201,8 @@ def factored_sums(g, *, grad_clip, block=None, interpret: bool = False):
 
     Both from one read of g: each program sums a block of rows along the columns
     and writes its partial column sums, which XLA adds. XLA (GPU) instead stores g²
-    for the second reduction to read back (8–12 µs against ~3 on a 1536² tensor).
+    for the second reduction to read back: 14 µs in two kernels on a 1536² tensor
+    (H200), against 8 µs for this one.
     Off GPU the kernel runs in Pallas's interpreter."""
     R, C = g.shape
     if block is None:
