@@ -514,12 +514,13 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     updates = treedef.unflatten(updates)
     if not debug:
         return updates, new_state
+    gs = [clip_gradient(g) for g in g_raw]
     info = {
         "rnn_inputs": x, "loss_features": loss_features,
         "fraction_trained": state.iteration.astype(jnp.float32) / jnp.float32(num_steps),
         "control_params": controls, "lr_mult": lr_mult,
-        "clipped_grads": treedef.unflatten([clip_gradient(g) for g in g_raw]),
-        "fac_g": treedef.unflatten([F.factored_precondition(f, clip_gradient(g)) for f, g in zip(facs, g_raw)]),
+        "clipped_grads": treedef.unflatten(gs),
+        "fac_g": treedef.unflatten([F.factored_precondition(f, g) for f, g in zip(facs, gs)]),
     }
     return updates, new_state, info
 
