@@ -117,6 +117,14 @@ def assert_update_matches(params_before, updates, d, step):
             f"reference {(ref - before).ravel()[:4]}")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def float32_products():
+    """The reference ran on CPU, in float32; a GPU would multiply the LSTM's matrices
+    in TF32 by default (as the reference itself does there), 1e-3 off."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
     name = request.param
@@ -125,9 +133,21 @@ def case(request):
     return name, CASES[name], d, theta
 
 
-@pytest.fixture(scope="module")
-def debug_step():
-    return jax.jit(lambda th, s, g, p, l: V.velo_step(th, s, g, p, l, NUM_STEPS, debug=True))
+@pytest.fixture(scope="module", params=["packed", "per_tensor"])
+def debug_step(request):
+    """One jitted debug step. "packed": the fixture's small tensors share one pass of
+    each kind (the default); "per_tensor": every tensor takes the large-tensor path,
+    one pass of each kind of its own. Both must reproduce the reference."""
+    large = 0 if request.param == "per_tensor" else V.LARGE_TENSOR
+    step = jax.jit(lambda th, s, g, p, l: V.velo_step(th, s, g, p, l, NUM_STEPS, debug=True))
+
+    def run(*args):
+        saved, V.LARGE_TENSOR = V.LARGE_TENSOR, large  # read while tracing
+        try:
+            return step(*args)
+        finally:
+            V.LARGE_TENSOR = saved
+    return run
 
 
 def test_initial_state_matches_reference(case):
@@ -285,3 +305,19 @@ def test_velo_trains_inside_fit(tiny):
     assert np.isfinite(result.train_loss).all()
     start = task.init(jax.random.PRNGKey(0))
     assert not np.allclose(jax.tree.leaves(result.params)[0], jax.tree.leaves(start)[0])
+
+
+def test_packing_round_trips_and_pads_with_zeros():
+    """Small tensors share packed (rows, 128) arrays: each starts on a row of its own,
+    padded with zeros, and unpacks to itself."""
+    shapes = [(), (128,), (129,), (3, 5), (2, 1, 4, 3), (1,)]
+    arrays = [jnp.arange(1, 1 + int(np.prod(s)), dtype=jnp.float32).reshape(s) for s in shapes]
+    layout = V.packing(shapes)
+    packed = V.pack(arrays, layout)
+    assert packed.shape == (1 + 1 + 2 + 1 + 1 + 1, V.PACK_ROW)
+    assert list(layout.starts) == [0, 1, 2, 4, 5, 6]
+    assert float(packed.sum()) == sum(float(a.sum()) for a in arrays)  # the padding adds nothing
+    assert float(packed[3, 0]) == 129.0 and float(packed[3, 1]) == 0.0  # (129,): a row and one element
+    for a, b in zip(V.unpack(packed, layout), arrays):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -193,15 +193,27 @@ def mlp_channels(p, g, m, rms, fac, factors=None) -> list:
     m · v_diag^(−1/2) (no epsilon) as the last group. `factors` may hold
     `features.factored_factors(fac, p.shape)` already computed.
     """
+    precond, m_factor = factored_multipliers(fac, p.shape, factors)
+    return channels(p, g, m, rms, precond, m_factor, row_col_channels(fac, p.shape))
+
+
+def factored_multipliers(fac, shape, factors=None) -> tuple[list, list]:
+    """Per decay, what multiplies g in fac_g (the preconditioner row_f·col_f) and
+    what multiplies m in the last group (the same, or v_diag^(−1/2) for rank < 2)."""
+    row_f, col_f = factors if factors is not None else F.factored_factors(fac, shape)
+    precond = [row_f[..., i] * col_f[..., i] for i in range(3)]
+    if F.factored_dims(shape) is None:
+        return precond, [fac["v_diag"][..., i] ** -0.5 for i in range(3)]
+    return precond, precond
+
+
+def channels(p, g, m, rms, precond, m_factor, row_col) -> list:
+    """`mlp_channels` from its ingredients: 3 preconditioners, 3 momentum factors and
+    the 12 row/column channels (`row_col_channels`), each broadcastable to p."""
     r = jax.lax.rsqrt(rms + 1e-6)
-    row_f, col_f = factors if factors is not None else F.factored_factors(fac, p.shape)
-    if F.factored_dims(p.shape) is None:
-        fac_m = [m[i] * fac["v_diag"][..., i] ** -0.5 for i in range(3)]
-    else:
-        fac_m = [m[i] * row_f[..., i] * col_f[..., i] for i in range(3)]
     return ([g, jnp.clip(g, -0.1, 0.1), p, *m, rms, *[mi * r for mi in m], r]
-            + [g * row_f[..., i] * col_f[..., i] for i in range(3)] + [g * r]
-            + row_col_channels(fac, p.shape) + fac_m)
+            + [g * f for f in precond] + [g * r] + list(row_col)
+            + [mi * f for mi, f in zip(m, m_factor)])
 
 
 def row_col_channels(fac, shape) -> list:
@@ -213,9 +225,11 @@ def row_col_channels(fac, shape) -> list:
         row = col = fac["v_diag"]
     else:
         row, col = jnp.expand_dims(fac["v_row"], dims[0]), jnp.expand_dims(fac["v_col"], dims[1])
-    return ([row[..., i] for i in range(3)] + [col[..., i] for i in range(3)]
-            + [jax.lax.rsqrt(row[..., i] + 1e-8) for i in range(3)]
-            + [jax.lax.rsqrt(col[..., i] + 1e-8) for i in range(3)])
+    return row_col_from([row[..., i] for i in range(3)], [col[..., i] for i in range(3)])
+
+
+def row_col_from(row: list, col: list) -> list:
+    return row + col + [jax.lax.rsqrt(x + 1e-8) for x in row] + [jax.lax.rsqrt(x + 1e-8) for x in col]
 
 
 ROW_COL_CHANNELS = range(15, 27)  # groups 9–12: row, col, rsqrt(row), rsqrt(col)
@@ -285,15 +299,8 @@ def tensor_statistics(p, g, m, rms, fac):
         dr = rms - shift_r
         sums = tensor_means([*dm, dr, *[jnp.square(x) for x in dm], jnp.square(dr)]
                             + [jnp.square(channels[k]) for k in full], shape)
-    e_dm, e_dr, e_dm2, e_dr2, e_ch = sums[:3], sums[3], sums[4:7], sums[7], sums[8:]
-
-    s2 = 1.0 / jnp.maximum(1e-9, e_ch[full.index(2)])  # s² from mean(p²), channel 2
-    mean_m = jnp.stack(shift_m) + e_dm
-    var_m = jnp.maximum(e_dm2 - jnp.square(e_dm), 0.0)
-    gap = mean_m - shift_r  # mean((rms − μ)²) = E[dr²] − 2(μ − c)E[dr] + (μ − c)²
-    var_rms = jnp.maximum(e_dr2 - 2.0 * gap * e_dr + jnp.square(gap), 0.0)
-    lstm_stats = jnp.concatenate([cliplog(jnp.sqrt(s2) * (shift_r + e_dr))[None],
-                                  cliplog(s2 * var_m), cliplog(s2 * var_rms)])
+    e_ch = sums[8:]
+    lstm_stats = lstm_statistics(sums[:8], jnp.stack(shift_m), shift_r, e_ch[full.index(2)])  # channel 2: p
 
     mean_sq = [None] * 30
     for k, v in zip(full, e_ch):
@@ -306,6 +313,23 @@ def tensor_statistics(p, g, m, rms, fac):
             for i in range(3):
                 mean_sq[15 + 3 * j + i] = small[i]
     return lstm_stats, jnp.stack(mean_sq)
+
+
+def lstm_statistics(sums, shift_m, shift_r, mean_p2):
+    """The 7 LSTM statistics (mean_rms, var_m (3), var_rms (3)) from the means of the
+    shifted sums (m_i − c_i (3), rms − c_r, their squares (4)), the shifts c (3 and
+    1) and mean(p²); any trailing axes are tensors. See `tensor_statistics`.
+
+    var(x) = E[(x−c)²] − E[x−c]²; for var_rms, which centres rms on mean(m) (the
+    spec's quirk), E[(rms − μ)²] = E[dr²] − 2(μ − c_r)E[dr] + (μ − c_r)².
+    """
+    e_dm, e_dr, e_dm2, e_dr2 = sums[:3], sums[3], sums[4:7], sums[7]
+    s2 = 1.0 / jnp.maximum(1e-9, mean_p2)  # s², with s = rsqrt(max(1e-9, mean(p²)))
+    var_m = jnp.maximum(e_dm2 - jnp.square(e_dm), 0.0)
+    gap = shift_m + e_dm - shift_r
+    var_rms = jnp.maximum(e_dr2 - 2.0 * gap * e_dr + jnp.square(gap), 0.0)
+    return jnp.concatenate([cliplog(jnp.sqrt(s2) * (shift_r + e_dr))[None],
+                            cliplog(s2 * var_m), cliplog(s2 * var_rms)])
 
 
 def statistics_kernel(p, g, m, rms, fac, shift):
@@ -413,6 +437,114 @@ def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None):
 
 
 # ---------------------------------------------------------------------------
+# Small tensors: all of them at once
+# ---------------------------------------------------------------------------
+PACK_ROW = 128  # elements per row of the packed arrays
+
+
+class Packing(NamedTuple):
+    """Where each small tensor lies in the packed (rows, PACK_ROW) arrays: from row
+    `starts[i]`, its `sizes[i]` elements in order, zero-padded to `rows[i]` whole
+    rows; `owner` names the tensor of each row. All static (numpy)."""
+    shapes: tuple
+    sizes: np.ndarray
+    rows: np.ndarray
+    starts: np.ndarray
+    owner: np.ndarray
+
+
+def packing(shapes) -> Packing:
+    sizes = np.array([int(np.prod(s)) for s in shapes])
+    rows = np.maximum(1, -(-sizes // PACK_ROW))
+    return Packing(tuple(shapes), sizes, rows, np.cumsum(rows) - rows, np.repeat(np.arange(len(shapes)), rows))
+
+
+def pack(arrays, layout: Packing):
+    """One float32 (rows, PACK_ROW) array from one array per tensor (each broadcast to its shape)."""
+    flat = [jnp.broadcast_to(jnp.asarray(a, jnp.float32), s).reshape(-1) for a, s in zip(arrays, layout.shapes)]
+    pads = layout.rows * PACK_ROW - layout.sizes
+    return jnp.concatenate([jnp.pad(f, (0, int(n))) for f, n in zip(flat, pads)]).reshape(-1, PACK_ROW)
+
+
+def unpack(x, layout: Packing) -> list:
+    flat = x.reshape(-1)
+    return [flat[s * PACK_ROW: s * PACK_ROW + n].reshape(shape)
+            for s, n, shape in zip(layout.starts, layout.sizes, layout.shapes)]
+
+
+def packed_inputs(p, g, m, rms, fac, layout: Packing):
+    """ONE (23, rows, PACK_ROW) array holding what the small tensors' passes read:
+    p and g (raw), m (3), rms (OLD); the UPDATED factored state per element: row (3)
+    and col (3) as in `row_col_channels`, the multipliers of `factored_multipliers`
+    (3 + 3); each tensor's first element of m (3) and rms (the statistics' shifts);
+    and 1 on the tensor's elements, 0 on the padding. One array, so it is one
+    concatenation, written once and read by both passes."""
+    per_tensor = []
+    for p_i, g_i, m_i, rms_i, fac_i, shape in zip(p, g, m, rms, fac, layout.shapes):
+        precond, m_factor = factored_multipliers(fac_i, shape)
+        shifts = [x.reshape(-1)[0] for x in (*m_i, rms_i)]
+        per_tensor.append([p_i, g_i, *m_i, rms_i, *row_col_channels(fac_i, shape)[:6], *precond, *m_factor,
+                           *shifts, jnp.ones((), jnp.float32)])
+    return jnp.stack([pack(arrays, layout) for arrays in zip(*per_tensor)])
+
+
+def _packed_channels(x):
+    """Clipped g, updated m and rms, and the 30 MLP channels of packed inputs `x`."""
+    p, g, m, rms, row, col, precond, m_factor = x[0], x[1], x[2:5], x[5], x[6:9], x[9:12], x[12:15], x[15:18]
+    g = clip_gradient(g)
+    m_new, rms_new = accumulate(g, m, rms)
+    return m_new, rms_new, channels(p, g, m_new, rms_new, precond, m_factor, row_col_from(list(row), list(col)))
+
+
+def packed_statistics(x, layout: Packing):
+    """`tensor_statistics` of every small tensor, from ONE reduction over the packed
+    inputs (where each tensor on its own took several kernels): (n, 7) LSTM
+    statistics and (n, 30) channel mean squares.
+
+    Each row is summed, then each tensor's rows: a product with the (rows, n) 0/1
+    matrix of row owners, at float32 precision whatever JAX's default (a scatter-add
+    would sum in no fixed order). On the padding every input is
+    0, so every term is 0 there but three kinds of channel, rsqrt(rms + 1e-6) and
+    rsqrt(row or col + 1e-8): the mask multiplies those."""
+    x = jax.lax.optimization_barrier(x)
+    _, _, chans = _packed_channels(x)
+    valid = x[22]
+    for k in (10, 21, 22, 23, 24, 25, 26):  # r, rsqrt(row + 1e-8) (3), rsqrt(col + 1e-8) (3)
+        chans[k] = chans[k] * valid
+    dm = [mi - c for mi, c in zip(x[2:5], x[18:21])]
+    dr = x[5] - x[21]
+    terms = [*dm, dr, *[jnp.square(d) for d in dm], jnp.square(dr)] + [jnp.square(c) for c in chans]
+    row_sums = jax.lax.reduce(terms, [jnp.float32(0)] * len(terms), lambda a, b: [u + v for u, v in zip(a, b)], (1,))
+    owners = np.equal.outer(layout.owner, np.arange(len(layout.shapes))).astype(np.float32)
+    sums = jnp.dot(jnp.stack(row_sums), owners, precision=jax.lax.Precision.HIGHEST) / layout.sizes
+    first = layout.starts
+    shift_m, shift_r = x[18:21, first, 0], x[21, first, 0]
+    return lstm_statistics(sums[:8], shift_m, shift_r, sums[8 + 2]).T, sums[8:].T  # channel 2: p
+
+
+def packed_step(x, layout: Packing, mean_sq, w: dict, lr_mult):
+    """`tensor_step` of every small tensor in ONE fused pass over the packed inputs:
+    returns lists (Δ, m, rms) in the tensors' shapes. mean_sq (n, 30), every leaf of
+    `w` (n, …) and lr_mult (n,) are per tensor; each row reads its tensor's, all
+    gathered at once from one (n, 155) array."""
+    n = mean_sq.shape[0]
+    w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, :, None] * w["w0"]
+    scale = lr_mult * 0.001 * jnp.sqrt(mean_sq[:, 2] + 1e-9)  # channel 2 is p
+    parts = (w0, w["b0"], w["w1"], w["b1"], w["w2"][:, :, :2], w["b2"][:, :2], scale)
+    per_row = jnp.concatenate([a.reshape(n, -1) for a in parts], axis=1)[layout.owner].T[..., None]
+    x, per_row = jax.lax.optimization_barrier((x, per_row))
+    sizes = np.cumsum([0] + [int(np.prod(a.shape[1:])) for a in parts])
+    w0, b0, w1, b1, w2, b2, scale = (per_row[a:b].reshape(part.shape[1:] + per_row.shape[1:])
+                                     for a, b, part in zip(sizes[:-1], sizes[1:], parts))
+    m, rms, chans = _packed_channels(x)
+    h = _dense(chans, w0, b0)
+    h = _dense([jax.nn.relu(v) for v in h], w1, b1)
+    d, mu = _dense([jax.nn.relu(v) for v in h], w2, b2)
+    delta = scale * d * jnp.exp(0.001 * mu)
+    return unpack(delta, layout), list(zip(*[unpack(mi, layout) for mi in m])), unpack(rms, layout)
+
+
+# ---------------------------------------------------------------------------
 # The optimizer
 # ---------------------------------------------------------------------------
 class VeLOState(NamedTuple):
@@ -483,30 +615,47 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     buffer = F.loss_buffer_update(state.loss_buffer, loss)
     loss_features = F.loss_buffer_features(buffer)
 
-    # 3. per-tensor LSTM inputs (from the OLD m and rms) and MLP normalisers: one pass each
-    stats, mean_sq = zip(*[tensor_statistics(*a) for a in zip(p_raw, g_raw, ms, rmss, facs)])
+    # 3. per-tensor LSTM inputs (from the OLD m and rms) and MLP normalisers: one pass
+    # for each large tensor, one for all the small ones together
+    small = [i for i, p in enumerate(p_raw)
+             if np.size(p) < LARGE_TENSOR and not kernels.applies(jnp.shape(p))]
+    stats, mean_sq = [None] * len(p_raw), [None] * len(p_raw)
+    for i in sorted(set(range(len(p_raw))) - set(small)):
+        stats[i], mean_sq[i] = tensor_statistics(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i])
+    if small:
+        layout = packing([jnp.shape(p_raw[i]) for i in small])
+        packed = packed_inputs(*[[a[i] for i in small] for a in (p_raw, g_raw, ms, rmss, facs)], layout)
+        small_stats, small_mean_sq = packed_statistics(packed, layout)
+        for j, i in enumerate(small):
+            stats[i], mean_sq[i] = small_stats[j], small_mean_sq[j]
     ranks = jnp.stack([rank_one_hot(jnp.shape(p)) for p in p_raw])
     x = lstm_inputs(jnp.stack(stats), ranks, loss_features,
                     F.fraction_embedding(state.iteration, num_steps))
 
-    # 4. the LSTM over all tensors
+    # 4. the LSTM over all tensors, and the per-tensor mixing of the MLP (matrix products
+    # at JAX's default precision, as the reference: TF32 on recent GPUs, unless
+    # `jax.default_matmul_precision("highest")` asks for float32)
     controls, lr_mult, (h, c) = lstm_network(theta["rnn_params"], x, (state.lstm_hidden, state.lstm_cell))
+    mixed = mix_weights(theta["ff_mod_stack"]["~"], controls)
     if not carry_lstm_state:  # legacy: the state never leaves its initial value
         h, c = state.lstm_hidden, state.lstm_cell
 
-    # 5–7. mix the MLP once per tensor, then one fused pass per tensor
-    mixed = mix_weights(theta["ff_mod_stack"]["~"], controls)
-    updates, new_m, new_rms, last_large = [], [], [], None
-    for i, (p_in, g_in, m, rms, fac) in enumerate(zip(p_raw, g_raw, ms, rmss, facs)):
+    # 5–7. (the MLP is mixed once per tensor, above) one fused pass per large tensor,
+    # one for all the small ones
+    deltas, new_m, new_rms, last_large = [None] * len(p_raw), [None] * len(p_raw), [None] * len(p_raw), None
+    for i in sorted(set(range(len(p_raw))) - set(small)):
         w = {k: v[i] for k, v in mixed.items()}
-        large = np.size(p_in) >= LARGE_TENSOR
-        delta, m, rms = tensor_step(p_in, g_in, m, rms, fac, mean_sq[i], w, lr_mult[i],
-                                    after=last_large if large else None)
+        large = np.size(p_raw[i]) >= LARGE_TENSOR
+        deltas[i], new_m[i], new_rms[i] = tensor_step(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], mean_sq[i], w,
+                                                      lr_mult[i], after=last_large if large else None)
         if large:  # large tensors' passes run one after another (see fused_inputs)
-            last_large = (delta, m, rms)
-        updates.append((-delta).astype(jnp.result_type(p_in)))
-        new_m.append(m)
-        new_rms.append(rms)
+            last_large = (deltas[i], new_m[i], new_rms[i])
+    if small:
+        idx = np.asarray(small)
+        results = packed_step(packed, layout, small_mean_sq, {k: v[idx] for k, v in mixed.items()}, lr_mult[idx])
+        for j, i in enumerate(small):
+            deltas[i], new_m[i], new_rms[i] = (r[j] for r in results)
+    updates = [(-d).astype(jnp.result_type(p)) for d, p in zip(deltas, p_raw)]
 
     new_state = VeLOState(
         m=treedef.unflatten(new_m), rms=treedef.unflatten(new_rms), fac=treedef.unflatten(facs),
