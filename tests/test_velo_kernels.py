@@ -57,6 +57,12 @@ def test_statistics_kernel_matches_the_definitions(shape, dtype):
     assert got.shape == (K.NUM_SUMS,) and np.all(np.isfinite(got))
     # float32 arithmetic (decays included: 1 − 0.999 is 0.00099998713 in float32) against float64
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-9 * np.abs(want).max())
+    # the factors read in place from one shared array, between other columns (as VeLO passes them)
+    shared = jnp.concatenate([jnp.full((3, 5), 7.0), f1, jnp.full((3, 3), -2.0), f0, jnp.full((3, 2), 9.0)], axis=1)
+    in_place = K.statistics_sums(p, g, m, rms, shared, shared, shift, momentum_decays=V.MOMENTUM_DECAYS,
+                                 rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True,
+                                 starts=(5 + shape[1] + 3, 5))
+    np.testing.assert_allclose(np.asarray(in_place), np.asarray(got), rtol=1e-6)
 
 
 def test_kernel_is_only_for_large_matrices_on_gpu(monkeypatch):
@@ -99,7 +105,7 @@ def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="known limit on GPU, see velo_kernels' docstring")
-def test_derivatives_and_vmap_through_the_kernel_path(monkeypatch):
+def test_derivatives_and_vmap_through_the_kernel_path():
     """Meta-training differentiates through VeLO's steps, and vmaps them over thetas.
     Triton kernels have no derivative rule; the kernel path differentiates the same
     sums written in jnp, so its gradients equal the jnp path's."""
@@ -110,15 +116,19 @@ def test_derivatives_and_vmap_through_the_kernel_path(monkeypatch):
     rms = jax.random.uniform(ks[5], shape)
     fac = F.factored_update(F.factored_init(p, 3), g, V.FACTORED_DECAYS)
 
-    def loss(p, g):
-        stats, mean_sq = V.tensor_statistics(p, g, m, rms, fac)
-        new_fac = V.factored_update(F.factored_init(p, 3), g * p)  # the factored kernel's derivatives too
+    def loss(p, g, use_kernel):
+        fac0 = jax.tree.map(lambda v: v + 0.5, fac)  # an older factored state, updated with g·p
+        if use_kernel:  # the kernel path: factored_matrices, then the statistics kernel
+            ((new_fac, factors, rowcol),) = V.factored_matrices([fac0], [g * p])
+            stats, mean_sq = V.tensor_statistics(p, g, m, rms, new_fac, (factors, rowcol))
+        else:
+            new_fac = F.factored_update(fac0, g * p, V.FACTORED_DECAYS)
+            stats, mean_sq = V.tensor_statistics(p, g, m, rms, new_fac)
         return jnp.sum(stats) + jnp.sum(jnp.log(mean_sq)) + sum(jnp.sum(jnp.log(v)) for v in new_fac.values())
 
     def run(use_kernel):
-        monkeypatch.setattr(K, "applies", lambda s: use_kernel)
-        grads = jax.jit(jax.grad(lambda p, g: loss(p, g), argnums=(0, 1)))(p, g)
-        batched = jax.jit(jax.vmap(lambda p: loss(p, g)))(jnp.stack([p, 2.0 * p]))
+        grads = jax.jit(jax.grad(lambda p, g: loss(p, g, use_kernel), argnums=(0, 1)))(p, g)
+        batched = jax.jit(jax.vmap(lambda p: loss(p, g, use_kernel)))(jnp.stack([p, 2.0 * p]))
         return grads, batched
 
     (grads_k, batched_k), (grads_j, batched_j) = run(True), run(False)

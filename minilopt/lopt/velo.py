@@ -267,7 +267,7 @@ def accumulate(g, m, rms):
     return m, b * rms + (1 - b) * jnp.square(g)
 
 
-def tensor_statistics(p, g, m, rms, fac):
+def tensor_statistics(p, g, m, rms, fac, factored=None):
     """Everything a tensor needs from a pass over all its elements, in ONE reduction.
 
     Inputs: the raw parameter and gradient, the OLD momenta and rms, and the UPDATED
@@ -283,14 +283,20 @@ def tensor_statistics(p, g, m, rms, fac):
     The variances come from shifted sums: with c = the tensor's first element,
     var(x) = mean((x−c)²) − mean(x−c)². The shift keeps the one-pass formula as
     accurate as the two-pass one while reading m only once.
+
+    `factored`: for a kernel-path matrix, `factored_matrices`' (factors, mean squares
+    of the 12 row/column channels), computed for all such matrices at once.
     """
     shape = p.shape
-    factored = F.factored_dims(shape) is not None
-    full = [k for k in range(30) if not (factored and k in ROW_COL_CHANNELS)]
+    full = [k for k in range(30) if not (F.factored_dims(shape) is not None and k in ROW_COL_CHANNELS)]
     shift_m = [mi.reshape(-1)[0] for mi in m]
     shift_r = rms.reshape(-1)[0]
-    if kernels.applies(shape) and factored:  # the same sums, from a hand-written GPU kernel
-        sums = statistics_kernel(p, g, m, rms, fac, jnp.stack([*shift_m, shift_r])) / float(np.prod(shape))
+    if factored is not None:  # the same sums, from a hand-written GPU kernel
+        (all_factors, row_start, col_start), rowcol_mean_sq = factored
+        starts = (row_start, col_start) if F.factored_dims(shape)[0] == 1 else (col_start, row_start)
+        sums = kernels.statistics_sums(p, g, m, rms, all_factors, all_factors, jnp.stack([*shift_m, shift_r]),
+                                       momentum_decays=MOMENTUM_DECAYS, rms_decay=RMS_DECAYS[0],
+                                       grad_clip=GRAD_CLIP, starts=starts) / float(np.prod(shape))
     else:
         p, g, m, rms, factors = fused_inputs(p, g, m, rms, F.factored_factors(fac, shape))
         m_new, rms_new = accumulate(g, m, rms)
@@ -305,7 +311,9 @@ def tensor_statistics(p, g, m, rms, fac):
     mean_sq = [None] * 30
     for k, v in zip(full, e_ch):
         mean_sq[k] = v
-    if factored:  # groups 9–12 are a small vector broadcast along one axis
+    if factored is not None:
+        mean_sq[15:27] = list(rowcol_mean_sq)
+    elif F.factored_dims(shape) is not None:  # groups 9–12 are a small vector broadcast along one axis
         for j, (v, f) in enumerate([(fac["v_row"], jnp.square), (fac["v_col"], jnp.square),
                                     (fac["v_row"], lambda x: 1.0 / (x + 1e-8)),
                                     (fac["v_col"], lambda x: 1.0 / (x + 1e-8))]):
@@ -330,17 +338,6 @@ def lstm_statistics(sums, shift_m, shift_r, mean_p2):
     var_rms = jnp.maximum(e_dr2 - 2.0 * gap * e_dr + jnp.square(gap), 0.0)
     return jnp.concatenate([cliplog(jnp.sqrt(s2) * (shift_r + e_dr))[None],
                             cliplog(s2 * var_m), cliplog(s2 * var_rms)])
-
-
-def statistics_kernel(p, g, m, rms, fac, shift):
-    """`velo_kernels.statistics_sums` for a 2-D tensor: the factored preconditioner
-    row_f·col_f split into one factor along each axis."""
-    d0, _ = F.factored_dims(p.shape)
-    row_f, col_f = F.factored_factors(fac, p.shape)
-    along0, along1 = (row_f, col_f) if d0 == 1 else (col_f, row_f)  # row_f is constant along d0
-    return kernels.statistics_sums(p, g, m, rms, along0[:, 0, :].T, along1[0, :, :].T, shift,
-                                   momentum_decays=MOMENTUM_DECAYS, rms_decay=RMS_DECAYS[0],
-                                   grad_clip=GRAD_CLIP)
 
 
 def rank_one_hot(shape):
@@ -398,7 +395,7 @@ def _dense(xs: list, w, b) -> list:
     return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
 
 
-def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None):
+def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None, factors=None):
     """Steps 5–7 for one tensor, in one fused pass: returns (Δ, m, rms), float32.
 
         Δ = lr_mult · d · exp(0.001·μ) · 0.001 · sqrt(mean(p²) + 1e-9)
@@ -410,10 +407,10 @@ def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None):
     row/column channels are constant along one axis, so their share of the first
     layer is computed once per row and once per column, not per parameter.
     Output channel 0 is the direction d, channel 1 the magnitude μ. `after`: see
-    `fused_inputs`.
+    `fused_inputs`; `factors`: `features.factored_factors(fac, p.shape)` if known.
     """
     w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, None] * w["w0"]
-    factors = F.factored_factors(fac, p.shape)
+    factors = F.factored_factors(fac, p.shape) if factors is None else factors
     if F.factored_dims(p.shape) is None:
         full, small_h = range(30), (w["b0"], jnp.zeros(4))
     else:
@@ -586,16 +583,54 @@ def clip_gradient(g):
     return jnp.clip(g, -GRAD_CLIP, GRAD_CLIP)
 
 
-def factored_update(fac, g):
-    """`features.factored_update` of the clipped gradient, with VeLO's decays. On GPU a
-    large matrix's two means of g² come from one read of g (`velo_kernels.factored_sums`)."""
-    shape = jnp.shape(g)
-    if not kernels.applies(shape):
-        return F.factored_update(fac, clip_gradient(g), FACTORED_DECAYS)
-    along1, along0 = kernels.factored_sums(g, grad_clip=GRAD_CLIP)  # Σ over axis 1 (R,), over axis 0 (C,)
-    mean_over = {0: along0 / shape[0], 1: along1 / shape[1]}
+def factored_matrices(facs, grads):
+    """The factored second moment of the large matrices that take the GPU kernels,
+    all at once: per matrix, (updated state, factors, mean squares of the 12 row and
+    column channels).
+
+    Each matrix's means of g² come from one read of g (`velo_kernels.factored_sums`).
+    Its v_row and v_col (the decay axis last, (n, 3)) are then laid side by side as
+    one (3, total length) array, so the update, the means over each vector, and the
+    factors row_f = rsqrt_safe(v_row / (mean(v_row) + 1e-9)), col_f = rsqrt_safe(v_col)
+    are a few kernels for all matrices, where each matrix took about ten, most of
+    them slow reductions of (n, 3) arrays over n. The factors come back as (3, n),
+    the layout the statistics kernel reads: all matrices' in one array, with the
+    columns where each matrix's row and column factors start.
+    """
+    pieces, means = [], []
+    for fac, g in zip(facs, grads):
+        shape = jnp.shape(g)
+        along1, along0 = kernels.factored_sums(g, grad_clip=GRAD_CLIP)  # Σ over axis 1 (R,), over axis 0 (C,)
+        mean_over = {0: along0 / shape[0], 1: along1 / shape[1]}
+        d0, d1 = F.factored_dims(shape)
+        pieces += [fac["v_row"].T, fac["v_col"].T]
+        means += [mean_over[d0], mean_over[d1]]
+    lengths = np.array([m.shape[0] for m in means])
+    owner = np.repeat(np.arange(len(means)), lengths)
+    b = np.float32(FACTORED_DECAYS)[:, None]
+    v = b * jnp.concatenate(pieces, axis=1) + (1 - b) * jnp.concatenate(means)  # as features.factored_update
+    owners = np.equal.outer(owner, np.arange(len(means))).astype(np.float32)
+    sums = jnp.dot(jnp.concatenate([v, jnp.square(v), 1.0 / (v + 1e-8)]), owners,
+                   precision=jax.lax.Precision.HIGHEST) / lengths  # (9, vectors): exact float32 sums
+    mean_v, mean_v2, mean_inv = sums[:3], sums[3:6], sums[6:]
+    is_row = np.arange(len(means)) % 2 == 0
+    factors = F.rsqrt_safe(v / jnp.where(is_row, mean_v + 1e-9, 1.0)[:, owner])  # v_col is not normalised
+    out, ends = [], np.cumsum(lengths)
+    for i in range(len(facs)):
+        (r0, r1), (c0, c1) = (ends[2 * i] - lengths[2 * i], ends[2 * i]), (ends[2 * i + 1] - lengths[2 * i + 1], ends[2 * i + 1])
+        state = {"v_row": v[:, r0:r1].T, "v_col": v[:, c0:c1].T}
+        rowcol = jnp.concatenate([mean_v2[:, 2 * i], mean_v2[:, 2 * i + 1], mean_inv[:, 2 * i], mean_inv[:, 2 * i + 1]])
+        out.append((state, (factors, int(r0), int(c0)), rowcol))
+    return out
+
+
+def expand_factors(factors, row_start, col_start, shape):
+    """One matrix's factors out of `factored_matrices`' (3, n) array, as
+    `features.factored_factors` gives them: broadcastable to shape + (3,)."""
     d0, d1 = F.factored_dims(shape)
-    return F.factored_update(fac, g, FACTORED_DECAYS, means=(mean_over[d0], mean_over[d1]))
+    f_row = factors[:, row_start:row_start + shape[d1]]  # v_row lost axis d0: it runs along d1
+    f_col = factors[:, col_start:col_start + shape[d0]]
+    return jnp.expand_dims(f_row.T, d0), jnp.expand_dims(f_col.T, d1)
 
 
 def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
@@ -609,7 +644,14 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     treedef = jax.tree.structure(params)
     p_raw, g_raw = treedef.flatten_up_to(params), treedef.flatten_up_to(grads)
     ms, rmss = treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.rms)
-    facs = [factored_update(f, g) for f, g in zip(treedef.flatten_up_to(state.fac), g_raw)]
+    facs = treedef.flatten_up_to(state.fac)
+    on_kernels = [i for i, p in enumerate(p_raw) if kernels.applies(jnp.shape(p))]
+    factored = [None] * len(p_raw)
+    for i, result in zip(on_kernels, factored_matrices([facs[i] for i in on_kernels],
+                                                       [g_raw[i] for i in on_kernels]) if on_kernels else []):
+        facs[i], factored[i] = result[0], result[1:]
+    facs = [f if i in on_kernels else F.factored_update(f, clip_gradient(g), FACTORED_DECAYS)
+            for i, (f, g) in enumerate(zip(facs, g_raw))]
 
     # 1. loss buffer and loss features
     buffer = F.loss_buffer_update(state.loss_buffer, loss)
@@ -621,7 +663,7 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
              if np.size(p) < LARGE_TENSOR and not kernels.applies(jnp.shape(p))]
     stats, mean_sq = [None] * len(p_raw), [None] * len(p_raw)
     for i in sorted(set(range(len(p_raw))) - set(small)):
-        stats[i], mean_sq[i] = tensor_statistics(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i])
+        stats[i], mean_sq[i] = tensor_statistics(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], factored[i])
     if small:
         layout = packing([jnp.shape(p_raw[i]) for i in small])
         packed = packed_inputs(*[[a[i] for i in small] for a in (p_raw, g_raw, ms, rmss, facs)], layout)
@@ -646,8 +688,10 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     for i in sorted(set(range(len(p_raw))) - set(small)):
         w = {k: v[i] for k, v in mixed.items()}
         large = np.size(p_raw[i]) >= LARGE_TENSOR
+        factors = None if factored[i] is None else expand_factors(*factored[i][0], jnp.shape(p_raw[i]))
         deltas[i], new_m[i], new_rms[i] = tensor_step(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], mean_sq[i], w,
-                                                      lr_mult[i], after=last_large if large else None)
+                                                      lr_mult[i], after=last_large if large else None,
+                                                      factors=factors)
         if large:  # large tensors' passes run one after another (see fused_inputs)
             last_large = (deltas[i], new_m[i], new_rms[i])
     if small:

@@ -80,15 +80,17 @@ def _terms(p, g, m, rms, f0, f1, shifts, ok, momentum_decays, rms_decay, grad_cl
     return [*dm, dr, *[x * x for x in dm], dr * dr, *[c * c for c in channels]]
 
 
-def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, *refs, shape, block, tiles, constants):
+def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, f0_ref, f1_ref, shift_ref, out_ref, *,
+                  shape, block, tiles, constants, starts):
     """This program's 26 sums (`_terms`) over its row block and its range of column tiles."""
-    f0_refs, f1_refs, (shift_ref, out_ref) = refs[:3], refs[3:6], refs[6:]
     R, C = shape
+    s0, s1 = starts  # where the factors along rows and along columns begin in f0_ref, f1_ref
     BR, BC = block
     i, j = pl.program_id(0), pl.program_id(1)
     rows = i * BR + jnp.arange(BR)
     row_ok = rows < R
-    f0 = [plgpu.load(ref.at[pl.ds(i * BR, BR)], mask=row_ok, other=0.0)[:, None] for ref in f0_refs]
+    f0 = [plgpu.load(f0_ref.at[pl.ds(k, 1), pl.ds(s0 + i * BR, BR)], mask=row_ok[None, :], other=0.0).T
+          for k in range(3)]  # (BR, 1)
     shifts = [shift_ref[k] for k in range(4)]
 
     def tile_terms(t):
@@ -104,7 +106,8 @@ def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, *refs, shape, b
         p, g = tile(p_ref), tile(g_ref)
         m = [tile(ref) for ref in (m0_ref, m1_ref, m2_ref)]
         rms = tile(rms_ref)
-        f1 = [plgpu.load(ref.at[pl.ds(col0, BC)], mask=col_ok, other=0.0)[None, :] for ref in f1_refs]
+        f1 = [plgpu.load(f1_ref.at[pl.ds(k, 1), pl.ds(s1 + col0, BC)], mask=col_ok[None, :], other=0.0)
+              for k in range(3)]  # (1, BC)
         return _terms(p, g, m, rms, f0, f1, shifts, ok, **constants)
 
     # Sum elementwise over this program's tiles, then across the tile once at the end:
@@ -133,13 +136,14 @@ def _with_jnp_derivatives(with_kernel, with_jnp):
 
 
 def statistics_sums(p, g, m, rms, f0, f1, shift, *, momentum_decays, rms_decay, grad_clip,
-                    block=None, interpret: bool = False):
+                    starts=(0, 0), block=None, interpret: bool = False):
     """The 26 sums of `velo.tensor_statistics` over a 2-D tensor (not yet divided by its size).
 
-    p, g, m (3 arrays), rms: (R, C), raw (any float dtype); f0: (3, R) and f1: (3, C),
-    the factored preconditioner's factors along each axis; shift: (4,), the first
-    element of m_0, m_1, m_2 and rms (the LSTM statistics are shifted sums). Off GPU
-    the kernel runs in Pallas's interpreter."""
+    p, g, m (3 arrays), rms: (R, C), raw (any float dtype); f0[:, s0:s0+R] and
+    f1[:, s1:s1+C], with (s0, s1) = `starts`, the factored preconditioner's factors
+    along each axis (so several matrices' factors can share one (3, n) array, read
+    in place); shift: (4,), the first element of m_0, m_1, m_2 and rms (the LSTM
+    statistics are shifted sums). Off GPU the kernel runs in Pallas's interpreter."""
     R, C = p.shape
     block = block or BLOCK
     interpret = interpret or jax.default_backend() != "gpu"  # Triton compiles for GPUs only
@@ -151,15 +155,17 @@ def statistics_sums(p, g, m, rms, f0, f1, shift, *, momentum_decays, rms_decay, 
     grid = (row_blocks, pl.cdiv(col_blocks, tiles))
 
     def with_kernel(p, g, m, rms, f0, f1, shift):
-        kernel = functools.partial(_stats_kernel, shape=(R, C), block=block, tiles=tiles, constants=constants)
+        kernel = functools.partial(_stats_kernel, shape=(R, C), block=block, tiles=tiles, constants=constants,
+                                   starts=tuple(int(s) for s in starts))
         partials = pl.pallas_call(
             kernel, grid=grid, interpret=interpret, name="velo_statistics",
             out_shape=jax.ShapeDtypeStruct(grid + (LANES,), jnp.float32),
             compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
-        )(p, g, *m, rms, *f0, *f1, shift)
+        )(p, g, *m, rms, f0, f1, shift)
         return jnp.sum(partials, axis=(0, 1))[:NUM_SUMS]
 
     def with_jnp(p, g, m, rms, f0, f1, shift):  # the same sums, differentiable
+        f0, f1 = f0[:, starts[0]:starts[0] + R], f1[:, starts[1]:starts[1] + C]
         terms = _terms(p.astype(jnp.float32), g.astype(jnp.float32), m, rms, [f[:, None] for f in f0],
                        [f[None, :] for f in f1], shift, True, **constants)
         return jnp.stack([jnp.sum(t) for t in terms])
