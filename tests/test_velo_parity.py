@@ -321,3 +321,9 @@ def test_packing_round_trips_and_pads_with_zeros():
     for a, b in zip(V.unpack(packed, layout), arrays):
         assert a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_take_rows_is_indexing():
+    w = jnp.arange(120.0).reshape(30, 4)
+    for rows in (V.ROW_CHANNELS, V.COL_CHANNELS, [k for k in range(30) if k not in V.ROW_COL_CHANNELS], [7]):
+        np.testing.assert_array_equal(np.asarray(V.take_rows(w, rows)), np.asarray(w)[np.asarray(rows)])

@@ -30,6 +30,12 @@ large matrix is a hand-written kernel instead (`velo_kernels`, 3x faster than
 XLA's code for it), and so are its row and column means of g² (one read of g, where
 XLA stores g² between its two reductions); this file's jnp code is the reference
 they are tested against.
+
+What is small is done for many tensors at once, since on a GPU each small kernel
+costs microseconds however little it does: tensors under LARGE_TENSOR elements are
+packed side by side into one array, so all of them take one statistics pass and one
+update pass (`packed_statistics`, `packed_step`), and the factored state of the
+kernel-path matrices is updated in one (3, n) array (`factored_matrices`).
 """
 from __future__ import annotations
 
@@ -395,6 +401,17 @@ def _dense(xs: list, w, b) -> list:
     return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
 
 
+def take_rows(w, rows):
+    """w[rows] for static, sorted `rows`, as slices of consecutive runs rather than
+    an indexed gather: slices are plain copies XLA can fuse into whatever computes w."""
+    runs, start = [], rows[0]
+    for prev, k in zip(rows, list(rows[1:]) + [None]):
+        if k != prev + 1:
+            runs.append(w[start:prev + 1])
+            start = k
+    return jnp.concatenate(runs)
+
+
 def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None, factors=None):
     """Steps 5–7 for one tensor, in one fused pass: returns (Δ, m, rms), float32.
 
@@ -416,10 +433,10 @@ def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None, factors=None
     else:
         rc = dict(zip(ROW_COL_CHANNELS, row_col_channels(fac, p.shape)))
         full = [k for k in range(30) if k not in ROW_COL_CHANNELS]
-        small_h = (_dense([rc[k] for k in ROW_CHANNELS], w0[np.asarray(ROW_CHANNELS)], w["b0"]),
-                   _dense([rc[k] for k in COL_CHANNELS], w0[np.asarray(COL_CHANNELS)], jnp.zeros(4)))
+        small_h = (_dense([rc[k] for k in ROW_CHANNELS], take_rows(w0, ROW_CHANNELS), w["b0"]),
+                   _dense([rc[k] for k in COL_CHANNELS], take_rows(w0, COL_CHANNELS), jnp.zeros(4)))
     param_scale = jnp.sqrt(mean_sq[2] + 1e-9)  # channel 2 is p
-    weights = (w0[np.asarray(full)], w["w1"], w["b1"], w["w2"][:, :2], w["b2"][:2],  # channel 2 unused
+    weights = (take_rows(w0, full), w["w1"], w["b1"], w["w2"][:, :2], w["b2"][:2],  # channel 2 unused
                lr_mult * 0.001 * param_scale)
     p, g, m, rms, (factors, (h_row, h_col), weights) = fused_inputs(
         p, g, m, rms, (factors, small_h, weights), after)
