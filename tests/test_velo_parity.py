@@ -31,6 +31,10 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "velo")
 LEAVES = ("conv/kernel", "dense/b", "dense/w", "scale", "square/w")
 NUM_STEPS = 20
 LSTM_ATOL = 5e-7  # see the module docstring
+# The loss features compare neighbouring averages of the loss, each debiased by
+# 1 − decay^t: the difference amplifies the last-ulp difference between XLA's CPU
+# and GPU `pow` (the fixtures come from the CPU) to ~4e-6 by step 2 on an H200.
+LOSS_FEATURES_ATOL_OFF_CPU = 2e-5
 CASES = {
     "small_32x16": dict(hidden=32, mixtures=16, legacy_loss_features=False),
     "default_128x64_legacy_loss": dict(hidden=128, mixtures=64, legacy_loss_features=True),
@@ -170,7 +174,10 @@ def test_every_step_matches_reference(case, debug_step):
         assert_update_matches(before, updates, d, t)
         assert_state_matches(state, d, f"state_after/step{t}/", where)
         for k in ("rnn_inputs", "loss_features", "fraction_trained", "control_params", "lr_mult"):
-            assert_close(f"{where} {k}", info[k], d[f"debug/step{t}/{k}"], atol=LSTM_ATOL)
+            atol = LSTM_ATOL
+            if k in ("rnn_inputs", "loss_features") and jax.default_backend() != "cpu":
+                atol = LOSS_FEATURES_ATOL_OFF_CPU
+            assert_close(f"{where} {k}", info[k], d[f"debug/step{t}/{k}"], atol=atol)
         for leaf in LEAVES:
             assert_close(f"{where} clipped_grads {leaf}", get(info["clipped_grads"], leaf),
                          d[f"debug/step{t}/clipped_grads/{leaf}"])
