@@ -82,27 +82,22 @@ def factored_init(p, num_decays: int) -> dict:
             "v_col": jnp.zeros(col + (num_decays,), jnp.float32)}
 
 
-def factored_update(state: dict, g, decays: Sequence[float], means=None) -> dict:
+def factored_update(state: dict, g, decays: Sequence[float]) -> dict:
     """One step of the factored second moment, with `gsq = g² + 1e-30`:
 
         rank ≥ 2:  v_row ← β·v_row + (1−β)·mean(gsq, axis=d0)
                    v_col ← β·v_col + (1−β)·mean(gsq, axis=d1)
         rank < 2:  v_diag ← β·v_diag + (1−β)·gsq
-
-    `means`: the two means (mean(gsq, axis=d0), mean(gsq, axis=d1)) when they are
-    already computed (VeLO's GPU kernel); `g` then only gives the shape.
     """
     g = jnp.asarray(g, jnp.float32)
     b = _decays(decays)
     dims = factored_dims(g.shape)
+    gsq = jnp.square(g) + 1e-30
     if dims is None:
-        return {"v_diag": b * state["v_diag"] + (1.0 - b) * (jnp.square(g) + 1e-30)[..., None]}
+        return {"v_diag": b * state["v_diag"] + (1.0 - b) * gsq[..., None]}
     d0, d1 = dims
-    if means is None:
-        gsq = jnp.square(g) + 1e-30
-        means = jnp.mean(gsq, axis=d0), jnp.mean(gsq, axis=d1)
-    return {"v_row": b * state["v_row"] + (1.0 - b) * means[0][..., None],
-            "v_col": b * state["v_col"] + (1.0 - b) * means[1][..., None]}
+    return {"v_row": b * state["v_row"] + (1.0 - b) * jnp.mean(gsq, axis=d0)[..., None],
+            "v_col": b * state["v_col"] + (1.0 - b) * jnp.mean(gsq, axis=d1)[..., None]}
 
 
 def rsqrt_safe(x):

@@ -456,6 +456,14 @@ def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None, factors=None
 PACK_ROW = 128  # elements per row of the packed arrays
 
 
+def segment_means(x, owner, sizes):
+    """(k, n) sums of x's (k, m) columns by owner (m,), divided by sizes (n,): a product
+    with the (m, n) 0/1 matrix of owners, at float32 precision whatever JAX's default
+    (TF32 on GPUs would round to 1e-3; a scatter-add would sum in no fixed order)."""
+    owners = np.equal.outer(owner, np.arange(len(sizes))).astype(np.float32)
+    return jnp.dot(x, owners, precision=jax.lax.Precision.HIGHEST) / sizes
+
+
 class Packing(NamedTuple):
     """Where each small tensor lies in the packed (rows, PACK_ROW) arrays: from row
     `starts[i]`, its `sizes[i]` elements in order, zero-padded to `rows[i]` whole
@@ -515,11 +523,9 @@ def packed_statistics(x, layout: Packing):
     inputs (where each tensor on its own took several kernels): (n, 7) LSTM
     statistics and (n, 30) channel mean squares.
 
-    Each row is summed, then each tensor's rows: a product with the (rows, n) 0/1
-    matrix of row owners, at float32 precision whatever JAX's default (a scatter-add
-    would sum in no fixed order). On the padding every input is
-    0, so every term is 0 there but three kinds of channel, rsqrt(rms + 1e-6) and
-    rsqrt(row or col + 1e-8): the mask multiplies those."""
+    Each row is summed, then each tensor's rows (`segment_means`). On the padding
+    every input is 0, so every term is 0 there but three kinds of channel,
+    rsqrt(rms + 1e-6) and rsqrt(row or col + 1e-8): the mask multiplies those."""
     x = jax.lax.optimization_barrier(x)
     _, _, chans = _packed_channels(x)
     valid = x[22]
@@ -529,8 +535,7 @@ def packed_statistics(x, layout: Packing):
     dr = x[5] - x[21]
     terms = [*dm, dr, *[jnp.square(d) for d in dm], jnp.square(dr)] + [jnp.square(c) for c in chans]
     row_sums = jax.lax.reduce(terms, [jnp.float32(0)] * len(terms), lambda a, b: [u + v for u, v in zip(a, b)], (1,))
-    owners = np.equal.outer(layout.owner, np.arange(len(layout.shapes))).astype(np.float32)
-    sums = jnp.dot(jnp.stack(row_sums), owners, precision=jax.lax.Precision.HIGHEST) / layout.sizes
+    sums = segment_means(jnp.stack(row_sums), layout.owner, layout.sizes)
     first = layout.starts
     shift_m, shift_r = x[18:21, first, 0], x[21, first, 0]
     return lstm_statistics(sums[:8], shift_m, shift_r, sums[8 + 2]).T, sums[8:].T  # channel 2: p
@@ -626,18 +631,16 @@ def factored_matrices(facs, grads):
     owner = np.repeat(np.arange(len(means)), lengths)
     b = np.float32(FACTORED_DECAYS)[:, None]
     v = b * jnp.concatenate(pieces, axis=1) + (1 - b) * jnp.concatenate(means)  # as features.factored_update
-    owners = np.equal.outer(owner, np.arange(len(means))).astype(np.float32)
-    sums = jnp.dot(jnp.concatenate([v, jnp.square(v), 1.0 / (v + 1e-8)]), owners,
-                   precision=jax.lax.Precision.HIGHEST) / lengths  # (9, vectors): exact float32 sums
-    mean_v, mean_v2, mean_inv = sums[:3], sums[3:6], sums[6:]
+    means_of = segment_means(jnp.concatenate([v, jnp.square(v), 1.0 / (v + 1e-8)]), owner, lengths)
+    mean_v, mean_v2, mean_inv = means_of[:3], means_of[3:6], means_of[6:]  # (3, vectors) each
     is_row = np.arange(len(means)) % 2 == 0
     factors = F.rsqrt_safe(v / jnp.where(is_row, mean_v + 1e-9, 1.0)[:, owner])  # v_col is not normalised
-    out, ends = [], np.cumsum(lengths)
+    out, starts = [], np.cumsum(lengths) - lengths
     for i in range(len(facs)):
-        (r0, r1), (c0, c1) = (ends[2 * i] - lengths[2 * i], ends[2 * i]), (ends[2 * i + 1] - lengths[2 * i + 1], ends[2 * i + 1])
-        state = {"v_row": v[:, r0:r1].T, "v_col": v[:, c0:c1].T}
-        rowcol = jnp.concatenate([mean_v2[:, 2 * i], mean_v2[:, 2 * i + 1], mean_inv[:, 2 * i], mean_inv[:, 2 * i + 1]])
-        out.append((state, (factors, int(r0), int(c0)), rowcol))
+        row, col = 2 * i, 2 * i + 1
+        state = {key: v[:, starts[j]:starts[j] + lengths[j]].T for key, j in (("v_row", row), ("v_col", col))}
+        rowcol = jnp.concatenate([mean_v2[:, row], mean_v2[:, col], mean_inv[:, row], mean_inv[:, col]])
+        out.append((state, (factors, int(starts[row]), int(starts[col])), rowcol))
     return out
 
 
@@ -664,9 +667,10 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     facs = treedef.flatten_up_to(state.fac)
     on_kernels = [i for i, p in enumerate(p_raw) if kernels.applies(jnp.shape(p))]
     factored = [None] * len(p_raw)
-    for i, result in zip(on_kernels, factored_matrices([facs[i] for i in on_kernels],
-                                                       [g_raw[i] for i in on_kernels]) if on_kernels else []):
-        facs[i], factored[i] = result[0], result[1:]
+    if on_kernels:
+        results = factored_matrices([facs[i] for i in on_kernels], [g_raw[i] for i in on_kernels])
+        for i, (fac, factors, rowcol) in zip(on_kernels, results):
+            facs[i], factored[i] = fac, (factors, rowcol)
     facs = [f if i in on_kernels else F.factored_update(f, clip_gradient(g), FACTORED_DECAYS)
             for i, (f, g) in enumerate(zip(facs, g_raw))]
 
