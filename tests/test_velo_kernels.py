@@ -50,7 +50,7 @@ def test_statistics_kernel_matches_the_definitions(shape, dtype):
     f0 = jax.random.uniform(ks[6], (3, shape[0]), minval=0.5, maxval=2.0)
     f1 = jax.random.uniform(ks[7], (3, shape[1]), minval=0.5, maxval=2.0)
     shift = jnp.array([m[0][0, 0], m[1][0, 0], m[2][0, 0], rms[0, 0]])
-    got = K.statistics_sums(p, g, m, rms, f0, f1, shift, momentum_decays=V.MOMENTUM_DECAYS,
+    got = K.statistics_sums(p, g, m, rms, f0, f1, momentum_decays=V.MOMENTUM_DECAYS,
                             rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True)
     want = reference_sums(np.asarray(p.astype(jnp.float32)), np.asarray(g), [np.asarray(x) for x in m],
                           np.asarray(rms), np.asarray(f0), np.asarray(f1), np.asarray(shift))
@@ -59,7 +59,7 @@ def test_statistics_kernel_matches_the_definitions(shape, dtype):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-9 * np.abs(want).max())
     # the factors read in place from one shared array, between other columns (as VeLO passes them)
     shared = jnp.concatenate([jnp.full((3, 5), 7.0), f1, jnp.full((3, 3), -2.0), f0, jnp.full((3, 2), 9.0)], axis=1)
-    in_place = K.statistics_sums(p, g, m, rms, shared, shared, shift, momentum_decays=V.MOMENTUM_DECAYS,
+    in_place = K.statistics_sums(p, g, m, rms, shared, shared, momentum_decays=V.MOMENTUM_DECAYS,
                                  rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True,
                                  starts=(5 + shape[1] + 3, 5))
     np.testing.assert_allclose(np.asarray(in_place), np.asarray(got), rtol=1e-6)

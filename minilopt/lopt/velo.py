@@ -290,19 +290,19 @@ def tensor_statistics(p, g, m, rms, fac, factored=None):
     var(x) = mean((x−c)²) − mean(x−c)². The shift keeps the one-pass formula as
     accurate as the two-pass one while reading m only once.
 
-    `factored`: for a kernel-path matrix, `factored_matrices`' (factors, mean squares
-    of the 12 row/column channels), computed for all such matrices at once.
+    `factored`: for a kernel-path matrix, `factored_matrices`' (`MatrixFactors`, mean
+    squares of the 12 row/column channels), computed for all such matrices at once.
     """
     shape = p.shape
     full = [k for k in range(30) if not (F.factored_dims(shape) is not None and k in ROW_COL_CHANNELS)]
     shift_m = [mi.reshape(-1)[0] for mi in m]
     shift_r = rms.reshape(-1)[0]
     if factored is not None:  # the same sums, from a hand-written GPU kernel
-        (all_factors, row_start, col_start), rowcol_mean_sq = factored
-        starts = (row_start, col_start) if F.factored_dims(shape)[0] == 1 else (col_start, row_start)
-        sums = kernels.statistics_sums(p, g, m, rms, all_factors, all_factors, jnp.stack([*shift_m, shift_r]),
-                                       momentum_decays=MOMENTUM_DECAYS, rms_decay=RMS_DECAYS[0],
-                                       grad_clip=GRAD_CLIP, starts=starts) / float(np.prod(shape))
+        mat, rowcol_mean_sq = factored
+        starts = (mat.row_start, mat.col_start) if F.factored_dims(shape)[0] == 1 else (mat.col_start, mat.row_start)
+        sums = kernels.statistics_sums(p, g, m, rms, mat.factors, mat.factors, momentum_decays=MOMENTUM_DECAYS,
+                                       rms_decay=RMS_DECAYS[0], grad_clip=GRAD_CLIP,
+                                       starts=starts) / float(np.prod(shape))
     else:
         p, g, m, rms, factors = fused_inputs(p, g, m, rms, F.factored_factors(fac, shape))
         m_new, rms_new = accumulate(g, m, rms)
@@ -401,18 +401,19 @@ def _dense(xs: list, w, b) -> list:
     return [b[j] + sum(x * w[i, j] for i, x in enumerate(xs)) for j in range(w.shape[1])]
 
 
-def take_rows(w, rows):
-    """w[rows] for static, sorted `rows`, as slices of consecutive runs rather than
-    an indexed gather: slices are plain copies XLA can fuse into whatever computes w."""
+def take_rows(w, rows, axis: int = 0):
+    """w[rows] (along `axis`) for static, sorted `rows`, as slices of consecutive runs
+    rather than an indexed gather: slices are plain copies XLA can fuse into whatever
+    computes w."""
     runs, start = [], rows[0]
     for prev, k in zip(rows, list(rows[1:]) + [None]):
         if k != prev + 1:
-            runs.append(w[start:prev + 1])
+            runs.append(jax.lax.slice_in_dim(w, start, prev + 1, axis=axis))
             start = k
-    return jnp.concatenate(runs)
+    return jnp.concatenate(runs, axis=axis)
 
 
-def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None, factors=None):
+def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None):
     """Steps 5–7 for one tensor, in one fused pass: returns (Δ, m, rms), float32.
 
         Δ = lr_mult · d · exp(0.001·μ) · 0.001 · sqrt(mean(p²) + 1e-9)
@@ -424,23 +425,46 @@ def tensor_step(p, g, m, rms, fac, mean_sq, w, lr_mult, after=None, factors=None
     row/column channels are constant along one axis, so their share of the first
     layer is computed once per row and once per column, not per parameter.
     Output channel 0 is the direction d, channel 1 the magnitude μ. `after`: see
-    `fused_inputs`; `factors`: `features.factored_factors(fac, p.shape)` if known.
+    `fused_inputs`.
     """
+    return mlp_pass(p, g, m, rms, fac, pass_weights(fac, p.shape, mean_sq, w, lr_mult), after)
+
+
+def pass_weights(fac, shape, mean_sq, w, lr_mult):
+    """The small arrays one tensor's pass reads: (factors, (h_row, h_col), weights),
+    with h_row/h_col the first layer's share of the row/column channels (see
+    `tensor_step`) and weights the MLP's, the first layer's rows normalised."""
     w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[:, None] * w["w0"]
-    factors = F.factored_factors(fac, p.shape) if factors is None else factors
-    if F.factored_dims(p.shape) is None:
-        full, small_h = range(30), (w["b0"], jnp.zeros(4))
+    if F.factored_dims(shape) is None:
+        small_h = (w["b0"], jnp.zeros(4))
     else:
-        rc = dict(zip(ROW_COL_CHANNELS, row_col_channels(fac, p.shape)))
-        full = [k for k in range(30) if k not in ROW_COL_CHANNELS]
+        rc = dict(zip(ROW_COL_CHANNELS, row_col_channels(fac, shape)))
         small_h = (_dense([rc[k] for k in ROW_CHANNELS], take_rows(w0, ROW_CHANNELS), w["b0"]),
                    _dense([rc[k] for k in COL_CHANNELS], take_rows(w0, COL_CHANNELS), jnp.zeros(4)))
-    param_scale = jnp.sqrt(mean_sq[2] + 1e-9)  # channel 2 is p
-    weights = (take_rows(w0, full), w["w1"], w["b1"], w["w2"][:, :2], w["b2"][:2],  # channel 2 unused
-               lr_mult * 0.001 * param_scale)
-    p, g, m, rms, (factors, (h_row, h_col), weights) = fused_inputs(
-        p, g, m, rms, (factors, small_h, weights), after)
-    w0, w1, b1, w2, b2, scale = weights
+    return F.factored_factors(fac, shape), small_h, mlp_weights(w0, w, lr_mult, mean_sq, full_channels(shape))
+
+
+def full_channels(shape) -> list:
+    """The channels a tensor's pass computes per element: all 30 for rank < 2; for
+    rank ≥ 2, all but the 12 row/column channels."""
+    return [k for k in range(30) if F.factored_dims(shape) is None or k not in ROW_COL_CHANNELS]
+
+
+def mlp_weights(w0, w, lr_mult, mean_sq, full):
+    """(first layer's rows of the `full` channels, w1, b1, w2, b2, step scale); any
+    leading axes are tensors. Output channel 2 is unused."""
+    param_scale = jnp.sqrt(mean_sq[..., 2] + 1e-9)  # channel 2 is p
+    return (take_rows(w0, full, axis=w0.ndim - 2), w["w1"], w["b1"], w["w2"][..., :2], w["b2"][..., :2],
+            lr_mult * 0.001 * param_scale)
+
+
+def mlp_pass(p, g, m, rms, fac, small, after=None, select=None):
+    """The fused pass of `tensor_step`, given its small arrays (`pass_weights`).
+    `select(small)`, when given, picks this tensor's share out of arrays that several
+    tensors' passes read in place (`matrix_pass_weights`), inside the pass."""
+    full = full_channels(p.shape)
+    p, g, m, rms, small = fused_inputs(p, g, m, rms, small, after)
+    factors, (h_row, h_col), (w0, w1, b1, w2, b2, scale) = small if select is None else select(small)
     m, rms = accumulate(g, m, rms)
     channels = mlp_channels(p, g, m, rms, fac, factors)
     bias = [r + c for r, c in zip(h_row, h_col)]  # each broadcasts along its own axis
@@ -616,8 +640,8 @@ def factored_matrices(facs, grads):
     factors row_f = rsqrt_safe(v_row / (mean(v_row) + 1e-9)), col_f = rsqrt_safe(v_col)
     are a few kernels for all matrices, where each matrix took about ten, most of
     them slow reductions of (n, 3) arrays over n. The factors come back as (3, n),
-    the layout the statistics kernel reads: all matrices' in one array, with the
-    columns where each matrix's row and column factors start.
+    the layout the statistics kernel reads: all matrices' in one array
+    (`MatrixFactors`).
     """
     pieces, means = [], []
     for fac, g in zip(facs, grads):
@@ -636,12 +660,22 @@ def factored_matrices(facs, grads):
     is_row = np.arange(len(means)) % 2 == 0
     factors = F.rsqrt_safe(v / jnp.where(is_row, mean_v + 1e-9, 1.0)[:, owner])  # v_col is not normalised
     out, starts = [], np.cumsum(lengths) - lengths
+    v_by_element = v.T  # one transpose for all; each state vector is then a run of its rows
     for i in range(len(facs)):
         row, col = 2 * i, 2 * i + 1
-        state = {key: v[:, starts[j]:starts[j] + lengths[j]].T for key, j in (("v_row", row), ("v_col", col))}
+        state = {key: v_by_element[starts[j]:starts[j] + lengths[j]] for key, j in (("v_row", row), ("v_col", col))}
         rowcol = jnp.concatenate([mean_v2[:, row], mean_v2[:, col], mean_inv[:, row], mean_inv[:, col]])
-        out.append((state, (factors, int(starts[row]), int(starts[col])), rowcol))
+        out.append((state, MatrixFactors(v, factors, int(starts[row]), int(starts[col])), rowcol))
     return out
+
+
+class MatrixFactors(NamedTuple):
+    """Where one kernel-path matrix's factored state lies in `factored_matrices`'
+    arrays, which all such matrices share (and their passes read in place)."""
+    v: jax.Array        # (3, n): every matrix's updated v_row and v_col, side by side
+    factors: jax.Array  # (3, n): their factors, rsqrt_safe(v_row / (mean + 1e-9)) and rsqrt_safe(v_col)
+    row_start: int      # where this matrix's v_row begins
+    col_start: int      # where its v_col begins
 
 
 def expand_factors(factors, row_start, col_start, shape):
@@ -651,6 +685,43 @@ def expand_factors(factors, row_start, col_start, shape):
     f_row = factors[:, row_start:row_start + shape[d1]]  # v_row lost axis d0: it runs along d1
     f_col = factors[:, col_start:col_start + shape[d0]]
     return jnp.expand_dims(f_row.T, d0), jnp.expand_dims(f_col.T, d1)
+
+
+def matrix_pass_weights(mats: list, shapes: list, w: dict, mean_sq, lr_mult):
+    """`pass_weights` of all kernel-path matrices at once: returns the arrays their
+    passes share (and read in place) and, per matrix, the `select` that picks its
+    share out of them inside its pass (`mlp_pass`). `mats`: their `MatrixFactors`;
+    every leaf of `w`, mean_sq (k, 30) and lr_mult (k,) have the matrices first.
+
+    The first layer's share of the row and column channels, h, is computed for every
+    v_row and v_col of `factored_matrices`' (3, n) array together, each vector with
+    its own matrix's weights: the row channels' rows of w0 and b0 for a v_row, the
+    column channels' rows for a v_col. That is one kernel for all, where each matrix
+    took several."""
+    k = len(mats)
+    w0 = F.normaliser_from_sum_sq(mean_sq, 1.0)[..., None] * w["w0"]  # (k, 30, 4)
+    lengths = [n for shape in shapes for n in (shape[F.factored_dims(shape)[1]], shape[F.factored_dims(shape)[0]])]
+    owner = np.repeat(np.arange(2 * k), lengths)  # factored_matrices' order: v_row, v_col of each matrix
+    w_vector = jnp.stack([take_rows(w0, ROW_CHANNELS, axis=1), take_rows(w0, COL_CHANNELS, axis=1)], axis=1)
+    b_vector = jnp.stack([w["b0"], jnp.zeros_like(w["b0"])], axis=1)
+    v = mats[0].v
+    channels = row_col_from([v[i] for i in range(3)], [])  # v (3), rsqrt(v + 1e-8) (3), each (n,)
+    h = jnp.stack(_dense(channels, w_vector.reshape(2 * k, 6, 4)[owner].transpose(1, 2, 0),
+                         b_vector.reshape(2 * k, 4)[owner].T))  # (4, n)
+    shared = (mats[0].factors, h, mlp_weights(w0, w, lr_mult, mean_sq, full_channels((2, 2))))
+
+    def select_for(i, mat, shape):
+        d0, d1 = F.factored_dims(shape)
+
+        def select(small):
+            factors, h, weights = small
+            h_row = [jnp.expand_dims(h[j, mat.row_start:mat.row_start + shape[d1]], d0) for j in range(4)]
+            h_col = [jnp.expand_dims(h[j, mat.col_start:mat.col_start + shape[d0]], d1) for j in range(4)]
+            return (expand_factors(factors, mat.row_start, mat.col_start, shape), (h_row, h_col),
+                    tuple(x[i] for x in weights))
+        return select
+
+    return shared, [select_for(i, mat, shape) for i, (mat, shape) in enumerate(zip(mats, shapes))]
 
 
 def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
@@ -683,7 +754,8 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     small = [i for i, p in enumerate(p_raw)
              if np.size(p) < LARGE_TENSOR and not kernels.applies(jnp.shape(p))]
     stats, mean_sq = [None] * len(p_raw), [None] * len(p_raw)
-    for i in sorted(set(range(len(p_raw))) - set(small)):
+    # last tensor first: its g, just read for the factored sums, may still be in the GPU's L2 cache
+    for i in reversed(sorted(set(range(len(p_raw))) - set(small))):
         stats[i], mean_sq[i] = tensor_statistics(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], factored[i])
     if small:
         layout = packing([jnp.shape(p_raw[i]) for i in small])
@@ -706,13 +778,23 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     # 5–7. (the MLP is mixed once per tensor, above) one fused pass per large tensor,
     # one for all the small ones
     deltas, new_m, new_rms, last_large = [None] * len(p_raw), [None] * len(p_raw), [None] * len(p_raw), None
+    if on_kernels:
+        idx = np.asarray(on_kernels)
+        shared, selects = matrix_pass_weights([factored[i][0] for i in on_kernels],
+                                              [jnp.shape(p_raw[i]) for i in on_kernels],
+                                              {k: v[idx] for k, v in mixed.items()},
+                                              jnp.stack([mean_sq[i] for i in on_kernels]), lr_mult[idx])
+        selects = dict(zip(on_kernels, selects))
     for i in sorted(set(range(len(p_raw))) - set(small)):
-        w = {k: v[i] for k, v in mixed.items()}
         large = np.size(p_raw[i]) >= LARGE_TENSOR
-        factors = None if factored[i] is None else expand_factors(*factored[i][0], jnp.shape(p_raw[i]))
-        deltas[i], new_m[i], new_rms[i] = tensor_step(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], mean_sq[i], w,
-                                                      lr_mult[i], after=last_large if large else None,
-                                                      factors=factors)
+        after = last_large if large else None
+        if i in on_kernels:
+            deltas[i], new_m[i], new_rms[i] = mlp_pass(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], shared, after,
+                                                       select=selects[i])
+        else:
+            w = {k: v[i] for k, v in mixed.items()}
+            deltas[i], new_m[i], new_rms[i] = tensor_step(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], mean_sq[i],
+                                                          w, lr_mult[i], after)
         if large:  # large tensors' passes run one after another (see fused_inputs)
             last_large = (deltas[i], new_m[i], new_rms[i])
     if small:
