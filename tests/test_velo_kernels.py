@@ -50,19 +50,34 @@ def test_statistics_kernel_matches_the_definitions(shape, dtype):
     f0 = jax.random.uniform(ks[6], (3, shape[0]), minval=0.5, maxval=2.0)
     f1 = jax.random.uniform(ks[7], (3, shape[1]), minval=0.5, maxval=2.0)
     shift = jnp.array([m[0][0, 0], m[1][0, 0], m[2][0, 0], rms[0, 0]])
-    got = K.statistics_sums(p, g, m, rms, f0, f1, momentum_decays=V.MOMENTUM_DECAYS,
-                            rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True)
+    got = K.statistics_sums([(p, g, m, rms)], f0, f1, [(0, 0)], momentum_decays=V.MOMENTUM_DECAYS,
+                            rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True)[0]
     want = reference_sums(np.asarray(p.astype(jnp.float32)), np.asarray(g), [np.asarray(x) for x in m],
                           np.asarray(rms), np.asarray(f0), np.asarray(f1), np.asarray(shift))
-    assert got.shape == (K.NUM_SUMS,) and np.all(np.isfinite(got))
+    assert got.shape == (K.NUM_SUMS + 4,) and np.all(np.isfinite(got))
+    np.testing.assert_array_equal(np.asarray(got[K.NUM_SUMS:]), np.asarray(shift))  # the shifts, passed on exactly
+    got = got[:K.NUM_SUMS]
     # float32 arithmetic (decays included: 1 − 0.999 is 0.00099998713 in float32) against float64
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-9 * np.abs(want).max())
     # the factors read in place from one shared array, between other columns (as VeLO passes them)
     shared = jnp.concatenate([jnp.full((3, 5), 7.0), f1, jnp.full((3, 3), -2.0), f0, jnp.full((3, 2), 9.0)], axis=1)
-    in_place = K.statistics_sums(p, g, m, rms, shared, shared, momentum_decays=V.MOMENTUM_DECAYS,
-                                 rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True,
-                                 starts=(5 + shape[1] + 3, 5))
-    np.testing.assert_allclose(np.asarray(in_place), np.asarray(got), rtol=1e-6)
+    starts = (5 + shape[1] + 3, 5)
+    in_place = K.statistics_sums([(p, g, m, rms)], shared, shared, [starts], momentum_decays=V.MOMENTUM_DECAYS,
+                                 rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True)[0]
+    np.testing.assert_allclose(np.asarray(in_place[:K.NUM_SUMS]), np.asarray(got), rtol=1e-6)
+    # with another tensor of another shape in the same call (its partial sums are added in the same reduction)
+    other = [x.T[:20] for x in (p, g)] + [[x.T[:20] for x in m], rms.T[:20]]
+    both = K.statistics_sums([tuple(other), (p, g, m, rms)], shared, shared, [(0, 0), starts],
+                             momentum_decays=V.MOMENTUM_DECAYS, rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP,
+                             interpret=True)
+    assert both.shape == (2, K.NUM_SUMS + 4)
+    np.testing.assert_allclose(np.asarray(both[1, :K.NUM_SUMS]), np.asarray(got), rtol=1e-6)
+    both = both[:, :K.NUM_SUMS]
+    want_other = reference_sums(*[np.asarray(x.astype(jnp.float32)) for x in other[:2]],
+                                [np.asarray(x) for x in other[2]], np.asarray(other[3]),
+                                np.asarray(shared[:, :20]), np.asarray(shared[:, :shape[0]]),
+                                np.asarray([x[0, 0] for x in other[2]] + [other[3][0, 0]]))
+    np.testing.assert_allclose(np.asarray(both[0]), want_other, rtol=1e-4, atol=1e-9 * np.abs(want_other).max())
 
 
 def test_kernel_is_only_for_large_matrices_on_gpu(monkeypatch):
@@ -120,7 +135,7 @@ def test_derivatives_and_vmap_through_the_kernel_path():
         fac0 = jax.tree.map(lambda v: v + 0.5, fac)  # an older factored state, updated with g·p
         if use_kernel:  # the kernel path: factored_matrices, then the statistics kernel
             ((new_fac, factors, rowcol),) = V.factored_matrices([fac0], [g * p])
-            stats, mean_sq = V.tensor_statistics(p, g, m, rms, new_fac, (factors, rowcol))
+            ((stats, mean_sq),) = V.matrix_statistics([p], [g], [m], [rms], [(factors, rowcol)])
         else:
             new_fac = F.factored_update(fac0, g * p, V.FACTORED_DECAYS)
             stats, mean_sq = V.tensor_statistics(p, g, m, rms, new_fac)
@@ -147,10 +162,27 @@ def test_factored_sums_match_the_definitions(shape, dtype):
     has enough rows for 16-row tiles."""
     g = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
     g = g.at[0, 1].set(jnp.nan).at[1, 2].set(jnp.inf).at[2, 0].set(-jnp.inf).at[3, 1].set(1e30).astype(dtype)
-    along1, along0 = K.factored_sums(g, grad_clip=V.GRAD_CLIP, interpret=True)
-    want = np.clip(np.nan_to_num(np.asarray(g.astype(jnp.float32), np.float64), nan=0.0, posinf=1e3, neginf=-1e3),
-                   -1e3, 1e3) ** 2 + 1e-30
+    def want(g):
+        return np.clip(np.nan_to_num(np.asarray(g.astype(jnp.float32), np.float64), nan=0.0, posinf=1e3,
+                                     neginf=-1e3), -1e3, 1e3) ** 2 + 1e-30
+
+    # with a second, differently shaped g in the same call: all partial sums are added in one reduction
+    other = g.T[:, :9]
+    (along1, along0), (other1, other0) = K.factored_sums([g, other], grad_clip=V.GRAD_CLIP, interpret=True)
     assert along1.shape == (shape[0],) and along0.shape == (shape[1],)
-    np.testing.assert_allclose(np.asarray(along1), want.sum(axis=1), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(along0), want.sum(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(along1), want(g).sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(along0), want(g).sum(axis=0), rtol=1e-5)
     assert float(along1[1]) >= 1e6 and float(along1[3]) >= 1e6  # ±inf and 1e30 clipped to ±1000, squared
+    np.testing.assert_allclose(np.asarray(other1), want(other).sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(other0), want(other).sum(axis=0), rtol=1e-5)
+
+
+def test_segment_means_equal_the_means_of_each_run():
+    """Means by owner over runs of unequal length (one of a single column), in float64 by numpy."""
+    x = jax.random.normal(jax.random.PRNGKey(7), (3, 12))
+    owner = np.array([0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2])
+    sizes = np.array([3.0, 1.0, 8.0])
+    got = V.segment_means(x, owner, sizes)
+    xs = np.asarray(x, np.float64)
+    want = np.stack([xs[:, owner == k].sum(axis=1) / sizes[k] for k in range(3)], axis=1)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)

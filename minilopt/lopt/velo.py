@@ -273,7 +273,7 @@ def accumulate(g, m, rms):
     return m, b * rms + (1 - b) * jnp.square(g)
 
 
-def tensor_statistics(p, g, m, rms, fac, factored=None):
+def tensor_statistics(p, g, m, rms, fac):
     """Everything a tensor needs from a pass over all its elements, in ONE reduction.
 
     Inputs: the raw parameter and gradient, the OLD momenta and rms, and the UPDATED
@@ -289,44 +289,57 @@ def tensor_statistics(p, g, m, rms, fac, factored=None):
     The variances come from shifted sums: with c = the tensor's first element,
     var(x) = mean((x−c)²) − mean(x−c)². The shift keeps the one-pass formula as
     accurate as the two-pass one while reading m only once.
-
-    `factored`: for a kernel-path matrix, `factored_matrices`' (`MatrixFactors`, mean
-    squares of the 12 row/column channels), computed for all such matrices at once.
     """
     shape = p.shape
-    full = [k for k in range(30) if not (F.factored_dims(shape) is not None and k in ROW_COL_CHANNELS)]
+    full = full_channels(shape)
     shift_m = [mi.reshape(-1)[0] for mi in m]
     shift_r = rms.reshape(-1)[0]
-    if factored is not None:  # the same sums, from a hand-written GPU kernel
-        mat, rowcol_mean_sq = factored
-        starts = (mat.row_start, mat.col_start) if F.factored_dims(shape)[0] == 1 else (mat.col_start, mat.row_start)
-        sums = kernels.statistics_sums(p, g, m, rms, mat.factors, mat.factors, momentum_decays=MOMENTUM_DECAYS,
-                                       rms_decay=RMS_DECAYS[0], grad_clip=GRAD_CLIP,
-                                       starts=starts) / float(np.prod(shape))
-    else:
-        p, g, m, rms, factors = fused_inputs(p, g, m, rms, F.factored_factors(fac, shape))
-        m_new, rms_new = accumulate(g, m, rms)
-        channels = mlp_channels(p, g, m_new, rms_new, fac, factors)
-        dm = [mi - c for mi, c in zip(m, shift_m)]
-        dr = rms - shift_r
-        sums = tensor_means([*dm, dr, *[jnp.square(x) for x in dm], jnp.square(dr)]
-                            + [jnp.square(channels[k]) for k in full], shape)
-    e_ch = sums[8:]
-    lstm_stats = lstm_statistics(sums[:8], jnp.stack(shift_m), shift_r, e_ch[full.index(2)])  # channel 2: p
+    p, g, m, rms, factors = fused_inputs(p, g, m, rms, F.factored_factors(fac, shape))
+    m_new, rms_new = accumulate(g, m, rms)
+    channels = mlp_channels(p, g, m_new, rms_new, fac, factors)
+    dm = [mi - c for mi, c in zip(m, shift_m)]
+    dr = rms - shift_r
+    means = tensor_means([*dm, dr, *[jnp.square(x) for x in dm], jnp.square(dr)]
+                         + [jnp.square(channels[k]) for k in full], shape)
+    rowcol = None
+    if F.factored_dims(shape) is not None:  # groups 9–12 are a small vector broadcast along one axis
+        rowcol = []
+        for v, f in [(fac["v_row"], jnp.square), (fac["v_col"], jnp.square),
+                     (fac["v_row"], lambda x: 1.0 / (x + 1e-8)), (fac["v_col"], lambda x: 1.0 / (x + 1e-8))]:
+            small = jnp.mean(f(v), axis=tuple(range(v.ndim - 1)))
+            rowcol += [small[i] for i in range(3)]
+    return statistics_from_means(means, shift_m, shift_r, full, rowcol)
 
+
+def statistics_from_means(means, shift_m, shift_r, full, rowcol=None):
+    """(the 7 LSTM statistics, the 30 channels' mean squares) from a tensor's means
+    (`tensor_statistics`: 8 shifted ones, then one per channel in `full`), its shifts,
+    and, for rank ≥ 2, the 12 row/column channels' mean squares `rowcol`."""
+    e_ch = means[8:]
+    lstm_stats = lstm_statistics(means[:8], jnp.stack(shift_m), shift_r, e_ch[full.index(2)])  # channel 2: p
     mean_sq = [None] * 30
     for k, v in zip(full, e_ch):
         mean_sq[k] = v
-    if factored is not None:
-        mean_sq[15:27] = list(rowcol_mean_sq)
-    elif F.factored_dims(shape) is not None:  # groups 9–12 are a small vector broadcast along one axis
-        for j, (v, f) in enumerate([(fac["v_row"], jnp.square), (fac["v_col"], jnp.square),
-                                    (fac["v_row"], lambda x: 1.0 / (x + 1e-8)),
-                                    (fac["v_col"], lambda x: 1.0 / (x + 1e-8))]):
-            small = jnp.mean(f(v), axis=tuple(range(v.ndim - 1)))
-            for i in range(3):
-                mean_sq[15 + 3 * j + i] = small[i]
+    if rowcol is not None:
+        mean_sq[15:27] = list(rowcol)
     return lstm_stats, jnp.stack(mean_sq)
+
+
+def matrix_statistics(ps, gs, ms, rmss, factored):
+    """`tensor_statistics` of every kernel-path matrix: the same sums, from one
+    hand-written GPU kernel per matrix (`velo_kernels.statistics_sums`), whose
+    partial sums one reduction adds for all. `factored`: per matrix,
+    `factored_matrices`' (MatrixFactors, mean squares of the 12 row/column channels)."""
+    mats = [mat for mat, _ in factored]
+    shapes = [jnp.shape(p) for p in ps]
+    starts = [(mat.row_start, mat.col_start) if F.factored_dims(shape)[0] == 1 else (mat.col_start, mat.row_start)
+              for mat, shape in zip(mats, shapes)]
+    sums = kernels.statistics_sums(list(zip(ps, gs, ms, rmss)), mats[0].factors, mats[0].factors, starts,
+                                   momentum_decays=MOMENTUM_DECAYS, rms_decay=RMS_DECAYS[0], grad_clip=GRAD_CLIP)
+    n = kernels.NUM_SUMS
+    return [statistics_from_means(sums[j, :n] / float(np.prod(shape)), list(sums[j, n:n + 3]), sums[j, n + 3],
+                                  full_channels(shape), rowcol)
+            for j, (shape, (_, rowcol)) in enumerate(zip(shapes, factored))]
 
 
 def lstm_statistics(sums, shift_m, shift_r, mean_p2):
@@ -481,11 +494,16 @@ PACK_ROW = 128  # elements per row of the packed arrays
 
 
 def segment_means(x, owner, sizes):
-    """(k, n) sums of x's (k, m) columns by owner (m,), divided by sizes (n,): a product
-    with the (m, n) 0/1 matrix of owners, at float32 precision whatever JAX's default
-    (TF32 on GPUs would round to 1e-3; a scatter-add would sum in no fixed order)."""
-    owners = np.equal.outer(owner, np.arange(len(sizes))).astype(np.float32)
-    return jnp.dot(x, owners, precision=jax.lax.Precision.HIGHEST) / sizes
+    """(k, n) means of x's (k, m) columns by owner (m,), divided by sizes (n,). The
+    owners run in order, each over consecutive columns: each run is padded with
+    zeros to the longest and all are summed in ONE reduction, in float32 and in a
+    fixed order (a product with the 0/1 matrix of owners needs HIGHEST precision, as
+    TF32 on GPUs would round to 1e-3, and was slower; a scatter-add sums in no fixed
+    order)."""
+    bounds = np.searchsorted(owner, np.arange(len(sizes) + 1))
+    width = int(np.max(np.diff(bounds)))
+    runs = [jnp.pad(x[:, a:b], ((0, 0), (0, width - (b - a)))) for a, b in zip(bounds[:-1], bounds[1:])]
+    return jnp.sum(jnp.stack(runs, axis=1), axis=2) / sizes
 
 
 class Packing(NamedTuple):
@@ -644,9 +662,9 @@ def factored_matrices(facs, grads):
     (`MatrixFactors`).
     """
     pieces, means = [], []
-    for fac, g in zip(facs, grads):
+    sums = kernels.factored_sums(grads, grad_clip=GRAD_CLIP)  # per g: Σ over axis 1 (R,), over axis 0 (C,)
+    for fac, g, (along1, along0) in zip(facs, grads, sums):
         shape = jnp.shape(g)
-        along1, along0 = kernels.factored_sums(g, grad_clip=GRAD_CLIP)  # Σ over axis 1 (R,), over axis 0 (C,)
         mean_over = {0: along0 / shape[0], 1: along1 / shape[1]}
         d0, d1 = F.factored_dims(shape)
         pieces += [fac["v_row"].T, fac["v_col"].T]
@@ -754,9 +772,13 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     small = [i for i, p in enumerate(p_raw)
              if np.size(p) < LARGE_TENSOR and not kernels.applies(jnp.shape(p))]
     stats, mean_sq = [None] * len(p_raw), [None] * len(p_raw)
-    # last tensor first: its g, just read for the factored sums, may still be in the GPU's L2 cache
-    for i in reversed(sorted(set(range(len(p_raw))) - set(small))):
-        stats[i], mean_sq[i] = tensor_statistics(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i], factored[i])
+    for i in sorted(set(range(len(p_raw))) - set(small) - set(on_kernels)):
+        stats[i], mean_sq[i] = tensor_statistics(p_raw[i], g_raw[i], ms[i], rmss[i], facs[i])
+    if on_kernels:  # last matrix first: its g, just read for the factored sums, may still be in the L2 cache
+        order = on_kernels[::-1]
+        results = matrix_statistics(*[[a[i] for i in order] for a in (p_raw, g_raw, ms, rmss, factored)])
+        for i, (tensor_stats, tensor_mean_sq) in zip(order, results):
+            stats[i], mean_sq[i] = tensor_stats, tensor_mean_sq
     if small:
         layout = packing([jnp.shape(p_raw[i]) for i in small])
         packed = packed_inputs(*[[a[i] for i in small] for a in (p_raw, g_raw, ms, rmss, facs)], layout)

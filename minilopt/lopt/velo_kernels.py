@@ -37,7 +37,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.experimental.pallas import triton as plgpu
 
 NUM_SUMS = 26
-LANES = 32           # each program writes its 26 sums into one column of 32 (a power of 2, as Triton needs)
+LANES = 32           # each program writes its 26 sums (+ 4 shifts) into one column of 32 (a power of 2)
 BLOCK = (1, 128)     # rows × columns of one tile
 NUM_WARPS = 1        # one warp per program: 26 accumulators of 4 elements per thread (H200: 10% faster than 2)
 NUM_STAGES = 3       # Triton prefetches the next tiles while one is summed
@@ -119,6 +119,8 @@ def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, f0_ref, f1_ref,
     sums = jnp.zeros((LANES,), jnp.float32)
     for k, a in enumerate(acc):
         sums = sums + jnp.where(lane == k, jnp.sum(a), 0.0)
+    for k, c in enumerate(shifts):  # the first program also passes the shifts on: their sum over programs is exact
+        sums = sums + jnp.where((lane == NUM_SUMS + k) & (i == 0) & (j == 0), jnp.sum(c), 0.0)
     plgpu.store(out_ref.at[pl.ds(0, LANES), i, j], sums)  # lanes first: XLA then adds along rows, fast
 
 
@@ -136,44 +138,70 @@ def _with_jnp_derivatives(with_kernel, with_jnp):
     return f
 
 
-def statistics_sums(p, g, m, rms, f0, f1, *, momentum_decays, rms_decay, grad_clip,
-                    starts=(0, 0), block=None, interpret: bool = False):
-    """The 26 sums of `velo.tensor_statistics` over a 2-D tensor (not yet divided by its size).
+def add_partials(partials: list):
+    """Each (lanes, programs) array summed over its programs, all in ONE reduction:
+    (k, lanes). XLA pads and stacks them inside the reduction, which runs along rows;
+    apart, each small sum would be a kernel launch of its own."""
+    width = max(x.shape[1] for x in partials)
+    return jnp.sum(jnp.stack([jnp.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in partials]), axis=2)
 
-    p, g, m (3 arrays), rms: (R, C), raw (any float dtype); f0[:, s0:s0+R] and
-    f1[:, s1:s1+C], with (s0, s1) = `starts`, the factored preconditioner's factors
-    along each axis (so several matrices' factors can share one (3, n) array, read
-    in place). The LSTM statistics are sums shifted by the first element of each of
-    m_0, m_1, m_2 and rms. Off GPU the kernel runs in Pallas's interpreter."""
-    R, C = p.shape
+
+def add_columns(partials: list):
+    """Each (programs, n_i) array summed over its programs, all in ONE reduction: the
+    sums side by side, (Σ n_i,)."""
+    depth = max(x.shape[0] for x in partials)
+    return jnp.sum(jnp.concatenate([jnp.pad(x, ((0, depth - x.shape[0]), (0, 0))) for x in partials], axis=1), axis=0)
+
+
+def statistics_sums(tensors, f0, f1, starts, *, momentum_decays, rms_decay, grad_clip,
+                    block=None, interpret: bool = False):
+    """The 26 sums of `velo.tensor_statistics` over each of several 2-D tensors,
+    not yet divided by their sizes, then the 4 shifts: (k, 30). One kernel per
+    tensor, then one reduction of all their partial sums.
+
+    tensors: k tuples (p, g, (m_0, m_1, m_2), rms), each (R, C), raw (any float
+    dtype). f0, f1: the factored preconditioner's factors along each axis, with
+    tensor j's at f0[:, s0:s0+R] and f1[:, s1:s1+C], (s0, s1) = starts[j] (several
+    matrices' factors share one (3, n) array, read in place). The LSTM statistics
+    are sums shifted by the first element of each of m_0, m_1, m_2 and rms: the
+    shifts, which the kernel reads anyway, so no other kernel need read them from
+    the large arrays. Off GPU the kernel runs in Pallas's interpreter."""
     block = block or BLOCK
     interpret = interpret or jax.default_backend() != "gpu"  # Triton compiles for GPUs only
     constants = dict(momentum_decays=tuple(np.float32(b) for b in momentum_decays),
                      rms_decay=np.float32(rms_decay), grad_clip=float(grad_clip))
-    row_blocks, col_blocks = pl.cdiv(R, block[0]), pl.cdiv(C, block[1])
-    splits = min(col_blocks, pl.cdiv(MIN_PROGRAMS, row_blocks))  # column ranges per row block
-    tiles = pl.cdiv(col_blocks, splits)                          # tiles per program
-    grid = (row_blocks, pl.cdiv(col_blocks, tiles))
+    starts = [tuple(int(x) for x in s) for s in starts]
 
-    def with_kernel(p, g, m, rms, f0, f1):
+    def partials(p, g, m, rms, f0, f1, starts):
+        (R, C), (row_blocks, col_blocks) = p.shape, (pl.cdiv(p.shape[0], block[0]), pl.cdiv(p.shape[1], block[1]))
+        splits = min(col_blocks, pl.cdiv(MIN_PROGRAMS, row_blocks))  # column ranges per row block
+        tiles = pl.cdiv(col_blocks, splits)                          # tiles per program
+        grid = (row_blocks, pl.cdiv(col_blocks, tiles))
         kernel = functools.partial(_stats_kernel, shape=(R, C), block=block, tiles=tiles, constants=constants,
-                                   starts=tuple(int(s) for s in starts))
-        partials = pl.pallas_call(
+                                   starts=starts)
+        out = pl.pallas_call(
             kernel, grid=grid, interpret=interpret, name="velo_statistics",
             out_shape=jax.ShapeDtypeStruct((LANES,) + grid, jnp.float32),
             compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
         )(p, g, *m, rms, f0, f1)
-        return jnp.sum(partials, axis=(1, 2))[:NUM_SUMS]
+        return out.reshape(LANES, -1)
 
-    def with_jnp(p, g, m, rms, f0, f1):  # the same sums, differentiable
-        f0, f1 = f0[:, starts[0]:starts[0] + R], f1[:, starts[1]:starts[1] + C]
-        shifts = [x[0, 0] for x in (*m, rms)]
-        terms = _terms(p.astype(jnp.float32), g.astype(jnp.float32), m, rms, [f[:, None] for f in f0],
-                       [f[None, :] for f in f1], shifts, True, **constants)
-        return jnp.stack([jnp.sum(t) for t in terms])
+    def with_kernel(tensors, f0, f1):
+        return add_partials([partials(*t, f0, f1, s) for t, s in zip(tensors, starts)])[:, :NUM_SUMS + 4]
+
+    def with_jnp(tensors, f0, f1):  # the same sums, differentiable
+        out = []
+        for (p, g, m, rms), (s0, s1) in zip(tensors, starts):
+            R, C = p.shape
+            shifts = [x[0, 0] for x in (*m, rms)]
+            terms = _terms(p.astype(jnp.float32), g.astype(jnp.float32), m, rms, [f[:, None] for f in f0[:, s0:s0 + R]],
+                           [f[None, :] for f in f1[:, s1:s1 + C]], shifts, True, **constants)
+            out.append(jnp.stack([jnp.sum(t) for t in terms] + shifts))
+        return jnp.stack(out)
 
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    return _with_jnp_derivatives(with_kernel, with_jnp)(p, g, tuple(f32(x) for x in m), f32(rms), f32(f0), f32(f1))
+    tensors = tuple((p, g, tuple(f32(x) for x in m), f32(rms)) for p, g, m, rms in tensors)
+    return _with_jnp_derivatives(with_kernel, with_jnp)(tensors, f32(f0), f32(f1))
 
 
 # ---------------------------------------------------------------------------
@@ -208,24 +236,24 @@ def _factored_kernel(g_ref, row_ref, col_ref, *, shape, block, tiles, grad_clip)
     plgpu.store(row_ref.at[j, pl.ds(i * BR, BR)], row_sums, mask=row_ok)
 
 
-def factored_sums(g, *, grad_clip, block=None, interpret: bool = False):
-    """(Σ over axis 1, Σ over axis 0) of clip(g)² + 1e-30 for a 2-D g: shapes (R,), (C,).
+def factored_sums(gs, *, grad_clip, block=None, interpret: bool = False):
+    """Per 2-D g in `gs`: (Σ over axis 1, Σ over axis 0) of clip(g)² + 1e-30, shapes
+    (R,) and (C,).
 
     Both from one read of g: each program sums a block of rows over a range of
-    columns and writes its partial row and column sums, which XLA adds. XLA (GPU)
-    instead stores g² for the second reduction to read back: 14 µs in two kernels
-    on a 1536² tensor (H200), against about 5 µs for this one.
-    Off GPU the kernel runs in Pallas's interpreter."""
-    R, C = g.shape
-    if block is None:
-        block = (16, FACTORED_BLOCK[1]) if pl.cdiv(R, 16) >= FACTORED_MIN_PROGRAMS else FACTORED_BLOCK
+    columns and writes its partial row and column sums; one reduction then adds the
+    partials of every g at once. XLA (GPU) instead stores g² for the second
+    reduction to read back: 14 µs in two kernels on a 1536² tensor (H200), against
+    about 5 µs for this one. Off GPU the kernel runs in Pallas's interpreter."""
     interpret = interpret or jax.default_backend() != "gpu"
-    row_blocks, col_blocks = pl.cdiv(R, block[0]), pl.cdiv(C, block[1])
-    tiles = pl.cdiv(col_blocks, min(col_blocks, FACTORED_SPLITS))  # column tiles per program
-    grid = (row_blocks, pl.cdiv(col_blocks, tiles))
 
-    def with_kernel(g):
-        kernel = functools.partial(_factored_kernel, shape=(R, C), block=block, tiles=tiles,
+    def partials(g):
+        R, C = g.shape
+        blk = block or ((16, FACTORED_BLOCK[1]) if pl.cdiv(R, 16) >= FACTORED_MIN_PROGRAMS else FACTORED_BLOCK)
+        row_blocks, col_blocks = pl.cdiv(R, blk[0]), pl.cdiv(C, blk[1])
+        tiles = pl.cdiv(col_blocks, min(col_blocks, FACTORED_SPLITS))  # column tiles per program
+        grid = (row_blocks, pl.cdiv(col_blocks, tiles))
+        kernel = functools.partial(_factored_kernel, shape=(R, C), block=blk, tiles=tiles,
                                    grad_clip=float(grad_clip))
         row_partials, col_partials = pl.pallas_call(
             kernel, grid=grid, interpret=interpret, name="velo_factored_sums",
@@ -233,10 +261,19 @@ def factored_sums(g, *, grad_clip, block=None, interpret: bool = False):
                        jax.ShapeDtypeStruct((row_blocks, C), jnp.float32)),
             compiler_params=plgpu.CompilerParams(num_warps=FACTORED_WARPS, num_stages=NUM_STAGES),
         )(g)
-        return jnp.sum(row_partials, axis=0), jnp.sum(col_partials, axis=0)
+        return row_partials, col_partials
 
-    def with_jnp(g):
-        sq = jnp.square(_clip_gradient(g.astype(jnp.float32), float(grad_clip))) + 1e-30
-        return jnp.sum(sq, axis=1), jnp.sum(sq, axis=0)
+    def with_kernel(gs):
+        sums = add_columns([x for g in gs for x in partials(g)])
+        bounds = np.cumsum([0] + [n for g in gs for n in g.shape])
+        sums = [sums[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return tuple((sums[2 * i], sums[2 * i + 1]) for i in range(len(gs)))
 
-    return _with_jnp_derivatives(with_kernel, with_jnp)(g)
+    def with_jnp(gs):
+        out = []
+        for g in gs:
+            sq = jnp.square(_clip_gradient(g.astype(jnp.float32), float(grad_clip))) + 1e-30
+            out.append((jnp.sum(sq, axis=1), jnp.sum(sq, axis=0)))
+        return tuple(out)
+
+    return _with_jnp_derivatives(with_kernel, with_jnp)(tuple(gs))
