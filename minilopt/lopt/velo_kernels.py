@@ -8,12 +8,16 @@ m, rms and clipped g, and a second that reads them back and sums them at about 4
 instructions per element: 2.2x the time of reading the inputs, on a 22M tensor.
 
 This kernel reads p, g, the 3 momenta and rms once, tile by tile, recomputes the
-accumulators in registers, and writes one partial sum per tile and statistic;
-XLA adds the partials. Tiles are 2-D, so the factored preconditioner
-row_f[j]·col_f[i] is one product of two small vectors, with no index arithmetic.
+accumulators in registers, and writes one partial sum per program and statistic;
+one XLA reduction adds the partials of every matrix. Tiles are 2-D, so the
+factored preconditioner row_f[j]·col_f[i] is one product of two small vectors,
+with no index arithmetic.
 
 `factored_sums` is the other reduction a matrix needs before its update: the
 factored second moment's means of g² along each axis, from one read of g.
+Both functions take all the large matrices of a step at once (`velo.matrix_statistics`,
+`velo.factored_matrices`): a kernel per matrix, then one reduction for all, where
+each small reduction would be a kernel launch of its own.
 
 Both run on GPU for large 2-D tensors (`applies`);
 `interpret=True` runs them anywhere (slowly), which is how the tests check them
