@@ -726,7 +726,7 @@ def matrix_pass_weights(mats: list, shapes: list, w: dict, mean_sq, lr_mult):
     channels = row_col_from([v[i] for i in range(3)], [])  # v (3), rsqrt(v + 1e-8) (3), each (n,)
     h = jnp.stack(_dense(channels, w_vector.reshape(2 * k, 6, 4)[owner].transpose(1, 2, 0),
                          b_vector.reshape(2 * k, 4)[owner].T))  # (4, n)
-    shared = (mats[0].factors, h, mlp_weights(w0, w, lr_mult, mean_sq, full_channels((2, 2))))
+    shared = (mats[0].factors, h, mlp_weights(w0, w, lr_mult, mean_sq, full_channels(shapes[0])))  # all 2-D
 
     def select_for(i, mat, shape):
         d0, d1 = F.factored_dims(shape)
