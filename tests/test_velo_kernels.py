@@ -119,7 +119,6 @@ def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
     assert all(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(u_k))  # every leaf moved
 
 
-@pytest.mark.skipif(jax.default_backend() == "gpu", reason="known limit on GPU, see velo_kernels' docstring")
 def test_derivatives_and_vmap_through_the_kernel_path():
     """Meta-training differentiates through VeLO's steps, and vmaps them over thetas.
     Triton kernels have no derivative rule; the kernel path differentiates the same

@@ -57,6 +57,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from ..sums import row_sums
 from .rules import RuleState, values
 
 
@@ -133,10 +134,6 @@ def _nbytes(tree) -> int:
 ROW = 128  # the row length of the two-stage sums in `_dots`
 
 
-def _add_tuples(a, b):
-    return tuple(x + y for x, y in zip(a, b))
-
-
 def _dots(tangents, grads, dtype) -> jax.Array:
     """[Σ over all leaves and elements of t_j · g, for each tangent tree t_j].
 
@@ -156,8 +153,7 @@ def _dots(tangents, grads, dtype) -> jax.Array:
             product = jnp.ravel(jnp.asarray(t_leaves[j][i], dtype)) * g
             rows[j].append(jnp.pad(product, (0, -g.size % ROW)).reshape(-1, ROW))
     operands = tuple(jnp.concatenate(r) for r in rows)
-    row_sums = jax.lax.reduce(operands, (jnp.zeros((), dtype),) * k, _add_tuples, (1,))
-    return jnp.sum(jnp.stack(row_sums), axis=1)
+    return jnp.sum(jnp.stack(row_sums(operands)), axis=1)
 
 
 MODES = ("auto", "forward", "reverse")

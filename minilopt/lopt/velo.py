@@ -49,6 +49,7 @@ import numpy as np
 import optax
 
 from .. import nn
+from ..sums import row_sums
 from . import features as F
 from . import velo_kernels as kernels
 
@@ -169,17 +170,12 @@ def tensor_means(channels, shape):
     channel's partial rows, in a single thread block: 11 µs for a 1536-vector's 38
     channels on an H200, most of a small tensor's cost."""
     channels = [jnp.broadcast_to(c, shape) for c in channels]
-    zeros = [jnp.float32(0)] * len(channels)
-
-    def add(a, b):
-        return [x + y for x, y in zip(a, b)]
-
     if len(shape) >= 2:
         rows = [c.reshape(-1, shape[-1]) for c in channels]
     else:
         pad = -int(np.prod(shape)) % VECTOR_ROW
         rows = [jnp.pad(c.reshape(-1), (0, pad)).reshape(-1, VECTOR_ROW) for c in channels]
-    sums = jnp.sum(jnp.stack(jax.lax.reduce(rows, zeros, add, (1,))), axis=1)
+    sums = jnp.sum(jnp.stack(row_sums(rows)), axis=1)
     return sums / float(max(1, int(np.prod(shape))))
 
 
@@ -576,8 +572,7 @@ def packed_statistics(x, layout: Packing):
     dm = [mi - c for mi, c in zip(x[2:5], x[18:21])]
     dr = x[5] - x[21]
     terms = [*dm, dr, *[jnp.square(d) for d in dm], jnp.square(dr)] + [jnp.square(c) for c in chans]
-    row_sums = jax.lax.reduce(terms, [jnp.float32(0)] * len(terms), lambda a, b: [u + v for u, v in zip(a, b)], (1,))
-    sums = segment_means(jnp.stack(row_sums), layout.owner, layout.sizes)
+    sums = segment_means(jnp.stack(row_sums(terms)), layout.owner, layout.sizes)
     first = layout.starts
     shift_m, shift_r = x[18:21, first, 0], x[21, first, 0]
     return lstm_statistics(sums[:8], shift_m, shift_r, sums[8 + 2]).T, sums[8:].T  # channel 2: p

@@ -1,0 +1,69 @@
+"""minilopt.sums.row_sums, and the one-pass means built on it: values against numpy,
+derivatives against closed forms, including an operand that does not depend on the
+input (jax's own derivative of a variadic reduction fails on that one)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minilopt.lopt import velo as V
+from minilopt.sums import row_sums
+
+from helpers import float64
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 300), k=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_row_sums_equal_numpy(rows, cols, k, seed):
+    xs = [np.random.default_rng(seed + i).normal(size=(rows, cols)).astype(np.float32) for i in range(k)]
+    got = row_sums([jnp.asarray(x) for x in xs])
+    assert len(got) == k
+    for g, x in zip(got, xs):
+        np.testing.assert_allclose(np.asarray(g), x.astype(np.float64).sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def f(x, c):
+    """Σ of the row sums of x, x² and a constant c: df/dx = 1 + 2x, whatever c."""
+    return sum(jnp.sum(s) for s in row_sums([x, jnp.square(x), c]))
+
+
+@pytest.mark.parametrize("transform", ["grad", "jit_grad", "jvp"])
+def test_derivative_with_an_operand_that_does_not_depend_on_the_input(transform):
+    with float64():
+        x = jax.random.normal(jax.random.PRNGKey(0), (3, 7), jnp.float64)
+        c = jnp.full((3, 7), 2.0)
+        want = 1.0 + 2.0 * np.asarray(x)
+        if transform == "jvp":
+            direction = jax.random.normal(jax.random.PRNGKey(1), x.shape, jnp.float64)
+            _, got = jax.jvp(lambda x: f(x, c), (x,), (direction,))
+            np.testing.assert_allclose(float(got), float(np.sum(want * np.asarray(direction))), rtol=1e-12)
+        else:
+            grad = jax.grad(f)
+            got = (jax.jit(grad) if transform == "jit_grad" else grad)(x, c)
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+
+
+def test_vmap_and_grad_of_vmap():
+    xs = jax.random.normal(jax.random.PRNGKey(2), (4, 3, 5))
+    c = jnp.ones((3, 5))
+    values = jax.vmap(lambda x: f(x, c))(xs)
+    np.testing.assert_allclose(np.asarray(values), [float(np.sum(x + x**2) + 15) for x in np.asarray(xs)], rtol=1e-5)
+    grads = jax.grad(lambda xs: jnp.sum(jax.vmap(lambda x: f(x, c))(xs)))(xs)
+    np.testing.assert_allclose(np.asarray(grads), 1.0 + 2.0 * np.asarray(xs), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(6, 130), (1000,), (2, 3, 4)])
+def test_velo_tensor_means_and_their_gradient(shape):
+    """VeLO's one-pass means of several channels, one of them constant: the means as
+    numpy's, and d/dp Σ means(p, p², 3) = (1 + 2p)/N."""
+    with float64():
+        p = jax.random.normal(jax.random.PRNGKey(3), shape, jnp.float64)
+        n = p.size
+
+        def total(p):
+            return jnp.sum(V.tensor_means([p, jnp.square(p), jnp.float64(3.0)], shape))
+
+        means = V.tensor_means([p, jnp.square(p), jnp.float64(3.0)], shape)
+        np.testing.assert_allclose(np.asarray(means), [np.mean(p), np.mean(np.square(p)), 3.0], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(jax.grad(total)(p)), (1.0 + 2.0 * np.asarray(p)) / n, rtol=1e-12)
