@@ -1,6 +1,6 @@
 import os
 
-# Tests run on the CPU, whatever the machine has; keep XLA from grabbing all cores' memory.
+# Allocate device memory as needed, not most of it up front: tests and notebooks share the device.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
