@@ -7,8 +7,8 @@ interpreter, which executes the same kernel body tile by tile, masks included.
   of g², equal their definitions (spec §5–6), computed independently in float64
   with numpy, on shapes that do not divide into tiles, with NaN, ±inf and 1e30
   gradients and bfloat16 parameters.
-- A whole VeLO step that takes the kernel for its matrices (both orientations of the
-  factored axes) gives the same update and state as the jnp code path, which the
+- A whole VeLO step that takes the kernels for its matrices (both orientations of the
+  factored axes; or the factored sums' kernel only, for some) gives the same update and state as the jnp code path, which the
   parity tests check against the reference.
 """
 import jax
@@ -84,8 +84,11 @@ def test_kernel_is_only_for_large_matrices_on_gpu(monkeypatch):
     on_gpu = jax.default_backend() == "gpu"
     assert K.applies((4096, 4096)) == on_gpu
     assert not K.applies((4096,)) and not K.applies((64, 64)) and not K.applies((8, 8, 4096))
+    # the factored sums' kernel: every matrix on GPU, small ones too
+    assert K.factored_applies((4096, 4096)) == K.factored_applies((1536, 10)) == K.factored_applies((3, 3)) == on_gpu
+    assert not K.factored_applies((4096,)) and not K.factored_applies((8, 8, 4096))
     monkeypatch.setattr(K, "ENABLED", False)
-    assert not K.applies((4096, 4096))
+    assert not K.applies((4096, 4096)) and not K.factored_applies((1536, 10))
 
 
 def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
@@ -98,7 +101,10 @@ def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
               "wide": jax.random.normal(ks[2], (24, 130)), "bias": jnp.zeros((24,))}
 
     def run(use_kernel, steps):
-        monkeypatch.setattr(K, "applies", lambda shape: use_kernel and len(shape) == 2)
+        # "mixed": the statistics and update kernels for one matrix only, the factored kernel for all
+        monkeypatch.setattr(K, "applies", lambda shape: len(shape) == 2 and (use_kernel is True or shape == (40, 40)
+                                                                            and use_kernel == "mixed"))
+        monkeypatch.setattr(K, "factored_applies", lambda shape: bool(use_kernel) and len(shape) == 2)
         state, p = opt.init(params), params
         step = jax.jit(lambda g, s, p: opt.update(g, s, p, value=1.0))  # a new trace per path
         for t in range(steps):  # gradients that do not depend on p: no feedback of rounding differences
@@ -108,8 +114,9 @@ def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
         return u, state
 
     # one step: elementwise, as the parity tests compare with the reference
-    for a, b in zip(jax.tree.leaves(run(True, 1)), jax.tree.leaves(run(False, 1))):
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-9)
+    for mode in (True, "mixed"):
+        for a, b in zip(jax.tree.leaves(run(mode, 1)), jax.tree.leaves(run(False, 1))):
+            np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-9)
     # three steps: the two summation orders' rounding (~1e-7) goes through the LSTM each
     # step, so compare each leaf at its own scale; a wrong statistic changes it by O(1)
     (u_k, s_k), (u_j, s_j) = run(True, 3), run(False, 3)
@@ -185,3 +192,23 @@ def test_segment_means_equal_the_means_of_each_run():
     xs = np.asarray(x, np.float64)
     want = np.stack([xs[:, owner == k].sum(axis=1) / sizes[k] for k in range(3)], axis=1)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+
+
+def test_split_columns_cuts_each_piece_out_transposed():
+    """Pieces of several lengths (over and under one program's 256 elements, one
+    element), in any order, some columns of v in none: each is v[:, s:s+n].T exactly."""
+    v = jax.random.normal(jax.random.PRNGKey(0), (3, 2000))
+    starts, lengths = [700, 0, 1999, 300], [1290, 257, 1, 255]
+    got = K.split_columns(v, starts, lengths, interpret=True)
+    assert len(got) == 4
+    for x, s, n in zip(got, starts, lengths):
+        assert x.shape == (n, 3)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(v)[:, s:s + n].T)
+    # its derivative is the slice's: the gradient of Σ_k Σ w_k·piece_k puts w_k back in place
+    w = [jnp.full((n, 3), k + 1.0) for k, n in enumerate(lengths)]
+    grad = jax.grad(lambda v: sum(jnp.sum(a * b) for a, b in zip(K.split_columns(v, starts, lengths,
+                                                                                  interpret=True), w)))(v)
+    want = np.zeros((3, 2000))
+    for k, (s, n) in enumerate(zip(starts, lengths)):
+        want[:, s:s + n] += k + 1.0
+    np.testing.assert_array_equal(np.asarray(grad), want)

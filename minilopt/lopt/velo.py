@@ -643,8 +643,8 @@ def clip_gradient(g):
 
 
 def factored_matrices(facs, grads):
-    """The factored second moment of the large matrices that take the GPU kernels,
-    all at once: per matrix, (updated state, factors, mean squares of the 12 row and
+    """The factored second moment of the matrices that take the GPU kernels
+    (`velo_kernels.factored_applies`), all at once: per matrix, (updated state, factors, mean squares of the 12 row and
     column channels).
 
     Each matrix's means of g² come from one read of g (`velo_kernels.factored_sums`).
@@ -673,10 +673,10 @@ def factored_matrices(facs, grads):
     is_row = np.arange(len(means)) % 2 == 0
     factors = F.rsqrt_safe(v / jnp.where(is_row, mean_v + 1e-9, 1.0)[:, owner])  # v_col is not normalised
     out, starts = [], np.cumsum(lengths) - lengths
-    v_by_element = v.T  # one transpose for all; each state vector is then a run of its rows
+    leaves = kernels.split_columns(v, starts, lengths)  # the state vectors, (n, 3) each, in one kernel
     for i in range(len(facs)):
         row, col = 2 * i, 2 * i + 1
-        state = {key: v_by_element[starts[j]:starts[j] + lengths[j]] for key, j in (("v_row", row), ("v_col", col))}
+        state = {"v_row": leaves[row], "v_col": leaves[col]}
         rowcol = jnp.concatenate([mean_v2[:, row], mean_v2[:, col], mean_inv[:, row], mean_inv[:, col]])
         out.append((state, MatrixFactors(v, factors, int(starts[row]), int(starts[col])), rowcol))
     return out
@@ -717,7 +717,7 @@ def matrix_pass_weights(mats: list, shapes: list, w: dict, mean_sq, lr_mult):
     owner = np.repeat(np.arange(2 * k), lengths)  # factored_matrices' order: v_row, v_col of each matrix
     w_vector = jnp.stack([take_rows(w0, ROW_CHANNELS, axis=1), take_rows(w0, COL_CHANNELS, axis=1)], axis=1)
     b_vector = jnp.stack([w["b0"], jnp.zeros_like(w["b0"])], axis=1)
-    v = mats[0].v
+    v = mats[0].v[:, :len(owner)]  # the kernel matrices' vectors come first
     channels = row_col_from([v[i] for i in range(3)], [])  # v (3), rsqrt(v + 1e-8) (3), each (n,)
     h = jnp.stack(_dense(channels, w_vector.reshape(2 * k, 6, 4)[owner].transpose(1, 2, 0),
                          b_vector.reshape(2 * k, 4)[owner].T))  # (4, n)
@@ -750,12 +750,16 @@ def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
     ms, rmss = treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.rms)
     facs = treedef.flatten_up_to(state.fac)
     on_kernels = [i for i, p in enumerate(p_raw) if kernels.applies(jnp.shape(p))]
+    # the factored state of every matrix that takes the kernels, and of smaller matrices too (their
+    # state only: the small tensors' passes compute their factors themselves), kernel matrices first
+    on_factored = on_kernels + [i for i, p in enumerate(p_raw)
+                                if i not in on_kernels and kernels.factored_applies(jnp.shape(p))]
     factored = [None] * len(p_raw)
-    if on_kernels:
-        results = factored_matrices([facs[i] for i in on_kernels], [g_raw[i] for i in on_kernels])
-        for i, (fac, factors, rowcol) in zip(on_kernels, results):
-            facs[i], factored[i] = fac, (factors, rowcol)
-    facs = [f if i in on_kernels else F.factored_update(f, clip_gradient(g), FACTORED_DECAYS)
+    if on_factored:
+        results = factored_matrices([facs[i] for i in on_factored], [g_raw[i] for i in on_factored])
+        for i, (fac, factors, rowcol) in zip(on_factored, results):
+            facs[i], factored[i] = fac, (factors, rowcol) if i in on_kernels else None
+    facs = [f if i in on_factored else F.factored_update(f, clip_gradient(g), FACTORED_DECAYS)
             for i, (f, g) in enumerate(zip(facs, g_raw))]
 
     # 1. loss buffer and loss features
