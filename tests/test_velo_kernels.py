@@ -1,15 +1,16 @@
 """VeLO's hand-written kernels (minilopt.lopt.velo_kernels).
 
-The kernel runs on GPU only for large 2-D tensors; here it runs in Pallas's
-interpreter, which executes the same kernel body tile by tile, masks included.
+The kernels run on GPU only (the statistics kernel for large 2-D tensors); here they run in Pallas's
+interpreter, which executes the same kernel bodies tile by tile, masks included.
 
 - The statistics kernel's 26 sums, and the factored kernel's row and column sums
   of g², equal their definitions (spec §5–6), computed independently in float64
   with numpy, on shapes that do not divide into tiles, with NaN, ±inf and 1e30
   gradients and bfloat16 parameters.
 - A whole VeLO step that takes the kernels for its matrices (both orientations of the
-  factored axes; or the factored sums' kernel only, for some) gives the same update and state as the jnp code path, which the
-  parity tests check against the reference.
+  factored axes; or the factored sums' kernel only, for some) gives the same update
+  and state as the jnp code path, which the parity tests check against the reference.
+- `split_columns` cuts each state vector out exactly, and differentiates as a slice.
 """
 import jax
 import jax.numpy as jnp
