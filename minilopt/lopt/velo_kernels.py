@@ -40,7 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 from jax.custom_derivatives import SymbolicZero
-from jax.experimental.pallas import triton as plgpu
+try:  # jax 0.11 deprecates Pallas's Triton backend; a jax without it runs VeLO's jnp code everywhere
+    from jax.experimental.pallas import triton as plgpu
+except ImportError:
+    plgpu = None
 
 NUM_SUMS = 26
 LANES = 32           # each program writes its 26 sums (+ 4 shifts) into one column of 32 (a power of 2)
@@ -49,7 +52,7 @@ NUM_WARPS = 1        # one warp per program: 26 accumulators of 4 elements per t
 NUM_STAGES = 3       # Triton prefetches the next tiles while one is summed
 MIN_PROGRAMS = 1024  # split the columns until there are about this many programs
 MIN_SIZE = 1 << 16   # smaller tensors: the jnp code (the kernel would be mostly launch cost)
-ENABLED = True       # False: always the jnp code
+ENABLED = plgpu is not None  # False: always the jnp code
 
 
 def applies(shape) -> bool:
