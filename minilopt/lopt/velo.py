@@ -643,9 +643,9 @@ def clip_gradient(g):
 
 
 def factored_matrices(facs, grads):
-    """The factored second moment of the matrices that take the GPU kernels
-    (`velo_kernels.factored_applies`), all at once: per matrix, (updated state, factors, mean squares of the 12 row and
-    column channels).
+    """The factored second moment of the matrices whose sums of g² take the GPU
+    kernel (`velo_kernels.factored_applies`), all at once: per matrix, (updated
+    state, factors, mean squares of the 12 row and column channels).
 
     Each matrix's means of g² come from one read of g (`velo_kernels.factored_sums`).
     Its v_row and v_col (the decay axis last, (n, 3)) are then laid side by side as

@@ -309,8 +309,7 @@ def split_columns(v, starts, lengths, *, interpret: bool = False):
     VeLO keeps the factored state of all the matrices side by side in one (3, n)
     array (`velo.factored_matrices`), and hands each vector back as a state leaf of
     its own: XLA made each such slice a kernel of its own (~1.1 µs each on an H200,
-    8 of them at 10M parameters, against ~2 µs for this one). Off GPU the kernel
-    runs in Pallas's interpreter."""
+    8 of them at 10M parameters). Off GPU the kernel runs in Pallas's interpreter."""
     interpret = interpret or jax.default_backend() != "gpu"
     starts, lengths = tuple(int(s) for s in starts), tuple(int(n) for n in lengths)
 
