@@ -57,8 +57,7 @@ ENABLED = plgpu is not None  # False: always the jnp code
 
 def applies(shape) -> bool:
     """Is the kernel used for a tensor of this shape (on this backend)?"""
-    return (ENABLED and jax.default_backend() == "gpu" and len(shape) == 2
-            and int(np.prod(shape)) >= MIN_SIZE and min(shape) >= BLOCK[0])
+    return factored_applies(shape) and int(np.prod(shape)) >= MIN_SIZE and min(shape) >= BLOCK[0]
 
 
 def factored_applies(shape) -> bool:
@@ -66,7 +65,7 @@ def factored_applies(shape) -> bool:
     matrix on GPU: where the statistics kernel applies, and for smaller ones too,
     whose two reductions XLA (GPU) otherwise runs as separate slow kernels (a
     (1536, 10) matrix's sums over 1536 rows took 6 µs on an H200)."""
-    return len(shape) == 2 and min(shape) >= 1 and (applies(shape) or (ENABLED and jax.default_backend() == "gpu"))
+    return ENABLED and jax.default_backend() == "gpu" and len(shape) == 2 and min(shape) >= 1
 
 
 def _clip_gradient(g, grad_clip):
