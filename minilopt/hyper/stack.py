@@ -69,7 +69,9 @@ class HyperState(NamedTuple):
     prev_params: Any       # reverse mode: the weights of the last update, or None if the rule never reads them
     tangents: Any          # forward mode: (∂U_{t−1}/∂h_j for each learned scalar j), each like the
                            # updates (None in reverse mode)
-    valid: jax.Array       # False before the first step: there is no previous update yet
+    valid: jax.Array       # reverse mode: False before the first step, when there is no previous update
+                           # yet (None in forward mode: its tangents start at zero, so its first
+                           # hypergradient is zero without a flag)
     hypergrad: dict        # the last hypergradient ∂f_t/∂h (read-out)
     nonfinite: jax.Array   # steps whose hypergradient was not finite and were skipped (int32)
 
@@ -137,13 +139,15 @@ ROW = 128  # the row length of the two-stage sums in `_dots`
 def _dots(tangents, grads, dtype) -> jax.Array:
     """[Σ over all leaves and elements of t_j · g, for each tangent tree t_j].
 
-    Two stages, in two kernels on GPU whatever the number of leaves: every leaf's
-    products t_j · g are laid end to end (zero-padded to whole rows of ROW) and ONE
-    variadic reduction sums all k of them row by row, reading g once; then the
-    (k, rows) row sums are summed. Left to itself, XLA (GPU) makes a kernel per leaf
-    and per j, and ends each with a tiny kernel of its own: at about a microsecond
-    each, that was most of a level's cost; a reduction over one (k, ...) stacked array
-    instead reads g k times."""
+    A tree of row sums, whatever the number of leaves: every leaf's products t_j · g
+    are laid end to end (zero-padded to whole rows of ROW) and ONE variadic reduction
+    sums all k of them row by row, reading g once; the k vectors of row sums are
+    summed in rows of ROW again until one row is left. Left to itself, XLA (GPU) makes
+    a kernel per leaf and per j, and ends each with a tiny kernel of its own: at about
+    a microsecond each, that was most of a level's cost; a reduction over one (k, ...)
+    stacked array instead reads g k times. Summing the (k, 14561) row sums of a 1.86M-
+    parameter model in one go took 4.5 us on an H200 (one block per j); two more
+    rounds of row sums take 2.9 us."""
     k = len(tangents)
     t_leaves = [jax.tree.leaves(t) for t in tangents]
     rows = [[] for _ in range(k)]
@@ -152,8 +156,10 @@ def _dots(tangents, grads, dtype) -> jax.Array:
         for j in range(k):
             product = jnp.ravel(jnp.asarray(t_leaves[j][i], dtype)) * g
             rows[j].append(jnp.pad(product, (0, -g.size % ROW)).reshape(-1, ROW))
-    operands = tuple(jnp.concatenate(r) for r in rows)
-    return jnp.sum(jnp.stack(row_sums(operands)), axis=1)
+    sums = row_sums(tuple(jnp.concatenate(r) for r in rows))
+    while sums[0].size > ROW:
+        sums = row_sums(tuple(jnp.pad(x, (0, -x.size % ROW)).reshape(-1, ROW) for x in sums))
+    return jnp.sum(jnp.stack(sums), axis=1)
 
 
 MODES = ("auto", "forward", "reverse")
@@ -229,7 +235,7 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             prev_inner=None if forward else inner_state,
             prev_params=params if reads_params and not forward else None,
             tangents=tangents,
-            valid=jnp.zeros((), bool),
+            valid=None if forward else jnp.zeros((), bool),
             hypergrad=jax.tree.map(jnp.zeros_like, h),
             nonfinite=jnp.zeros((), jnp.int32),
         )
@@ -248,7 +254,7 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
 
             _, pullback = jax.vjp(previous_update, h)
             (hypergrad,) = pullback(grads)
-        hypergrad = jax.tree.map(lambda x: jnp.where(state.valid, x, jnp.zeros_like(x)), hypergrad)
+            hypergrad = jax.tree.map(lambda x: jnp.where(state.valid, x, jnp.zeros_like(x)), hypergrad)
         finite = _all_finite(hypergrad)
         safe = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), hypergrad)
 
@@ -272,7 +278,7 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             prev_inner=None if forward else inner_in,
             prev_params=None if state.prev_params is None else params,
             tangents=tangents,
-            valid=jnp.ones((), bool),
+            valid=None if forward else jnp.ones((), bool),
             hypergrad=hypergrad,
             nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
         )
