@@ -162,12 +162,14 @@ def test_hypergradient_matches_finite_differences(name):
         np.testing.assert_allclose(ours, fd, rtol=1e-6, atol=1e-10, err_msg=name)
 
 
-def test_first_step_hypergradient_is_exactly_zero_and_hyper_levels_still_step():
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_first_step_hypergradient_is_exactly_zero_and_hyper_levels_still_step(mode):
+    # forward mode has no first-step flag: its tangents start at zero; reverse mode masks
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
     g = {"w": jnp.array([0.5, 0.25, -1.0])}
-    for opt in [hyper.stack(rules.adam(0.01), rules.sgd(1e-2)),
-                hyper.stack(rules.sgd(0.1), rules.adam(0.01)),
-                hyper.stack(rules.rmsprop(0.01), rules.sgd(1e-3), rules.adam(1e-3))]:
+    for opt in [hyper.stack(rules.adam(0.01), rules.sgd(1e-2), mode=mode),
+                hyper.stack(rules.sgd(0.1), rules.adam(0.01), mode=mode),
+                hyper.stack(rules.rmsprop(0.01), rules.sgd(1e-3), rules.adam(1e-3), mode=mode)]:
         state = opt.init(params)
         before = hyper.hyperparams(state)
         _, state = opt.update(g, state, params)

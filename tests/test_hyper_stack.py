@@ -41,6 +41,19 @@ def test_nonfinite_hypergradient_keeps_hyperparameters_and_is_flagged(g1, g2):
     assert int(state.nonfinite) == 1 and np.isfinite(float(hyper.hyperparams(state)[0]["alpha"]))
 
 
+@pytest.mark.parametrize("mode, counted", [("forward", 1), ("reverse", 0)])
+def test_nonfinite_gradient_at_the_first_step_keeps_hyperparameters(mode, counted):
+    # forward mode's zero tangents times inf are NaN, so the step counts as skipped;
+    # reverse mode masks the first hypergradient to 0 and steps on it
+    opt = hyper.stack(rules.sgd(0.1), rules.adam(0.01), mode=mode)
+    params = jnp.zeros(2)
+    state = opt.init(params)
+    _, state = opt.update(jnp.array([jnp.inf, 1.0]), state, params)
+    assert int(state.nonfinite) == counted
+    assert float(hyper.hyperparams(state)[0]["alpha"]) == pytest.approx(0.1)
+    assert int(state.by.count) == 1 - counted
+
+
 def test_overflowing_hyper_step_keeps_hyperparameters():
     opt = hyper.stack(rules.sgd(0.1), rules.sgd(1e30))  # κ·hypergradient overflows float32
     params = jnp.zeros(2)

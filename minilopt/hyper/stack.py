@@ -40,7 +40,9 @@ tangent per leaf against one gradient).
 
 Faults: if the hypergradient or the new h is not finite, the level keeps its
 previous hyperparameters and its hyper-optimizer's state, and counts the step in
-`state.nonfinite`. NaN never reaches the weights through h.
+`state.nonfinite`. NaN never reaches the weights through h. (A non-finite gradient
+at the very first step counts in forward mode, where 0 · inf is NaN; reverse mode
+masks the first hypergradient to 0 and steps on it.)
 
 One hyper-step size per hyperparameter: use a per-leaf SGD level,
 `stack(rules.adam(), rules.sgd_per_param({"alpha": 1e-5, "atanh_beta1": 1e-3, "atanh_beta2": 1e-3}))`.
