@@ -135,7 +135,12 @@ def _nbytes(tree) -> int:
     return int(sum(np.prod(np.shape(x)) * jnp.result_type(x).itemsize for x in jax.tree.leaves(tree)))
 
 
-ROW = 128  # the row length of the two-stage sums in `_dots`
+ROW = 128  # the row length of the tree of row sums in `_dots`
+
+
+def _in_rows(x) -> jax.Array:
+    """A vector zero-padded to whole rows of ROW, as (rows, ROW)."""
+    return jnp.pad(x, (0, -x.size % ROW)).reshape(-1, ROW)
 
 
 def _dots(tangents, grads, dtype) -> jax.Array:
@@ -144,7 +149,7 @@ def _dots(tangents, grads, dtype) -> jax.Array:
     A tree of row sums, whatever the number of leaves: every leaf's products t_j · g
     are laid end to end (zero-padded to whole rows of ROW) and ONE variadic reduction
     sums all k of them row by row, reading g once; the k vectors of row sums are
-    summed in rows of ROW again until one row is left. Left to itself, XLA (GPU) makes
+    summed in rows of ROW again until at most ROW are left. Left to itself, XLA (GPU) makes
     a kernel per leaf and per j, and ends each with a tiny kernel of its own: at about
     a microsecond each, that was most of a level's cost; a reduction over one (k, ...)
     stacked array instead reads g k times. Summing the (k, 14561) row sums of a 1.86M-
@@ -157,10 +162,10 @@ def _dots(tangents, grads, dtype) -> jax.Array:
         g = jnp.ravel(jnp.asarray(g, dtype))
         for j in range(k):
             product = jnp.ravel(jnp.asarray(t_leaves[j][i], dtype)) * g
-            rows[j].append(jnp.pad(product, (0, -g.size % ROW)).reshape(-1, ROW))
+            rows[j].append(_in_rows(product))
     sums = row_sums(tuple(jnp.concatenate(r) for r in rows))
     while sums[0].size > ROW:
-        sums = row_sums(tuple(jnp.pad(x, (0, -x.size % ROW)).reshape(-1, ROW) for x in sums))
+        sums = row_sums(tuple(_in_rows(x) for x in sums))
     return jnp.sum(jnp.stack(sums), axis=1)
 
 
