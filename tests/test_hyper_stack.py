@@ -41,6 +41,19 @@ def test_nonfinite_hypergradient_keeps_hyperparameters_and_is_flagged(g1, g2, hy
     assert int(state.nonfinite) == 1 and np.isfinite(float(hyper.hyperparams(state)[0]["alpha"]))
 
 
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_nonfinite_read_out_is_the_raw_hypergradient_of_each_hyperparameter(mode):
+    # two learned scalars: α's hypergradient overflows, μ's is exactly 0 (μ is unused at the first step)
+    opt = hyper.stack(rules.sgd(0.1, mu=0.5), rules.adam(0.01), mode=mode)
+    params = jnp.zeros(2)
+    state = opt.init(params)
+    _, state = opt.update(jnp.array([1e20, 0.0]), state, params)
+    _, state = opt.update(jnp.array([1e20, 0.0]), state, params)
+    assert int(state.nonfinite) == 1
+    np.testing.assert_equal({k: float(v) for k, v in hyper.hypergrads(state)[0].items()},
+                            {"alpha": -np.inf, "mu": 0.0})
+
+
 @pytest.mark.parametrize("mode, counted", [("forward", 1), ("reverse", 0)])
 def test_nonfinite_gradient_at_the_first_step_keeps_hyperparameters(mode, counted):
     # forward mode's zero tangents times inf are NaN, so the step counts as skipped;

@@ -264,10 +264,6 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             hypergrad = jax.tree.map(lambda x: jnp.where(state.valid, x, jnp.zeros_like(x)), hypergrad)
         finite = _all_finite(hypergrad)
         safe = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), hypergrad)
-        # The read-out equals `hypergrad`, NaN and inf included. Written as safe plus the
-        # raw values where they are not finite, it comes out of the hyper-step's own kernel;
-        # XLA (GPU) stored the plain values with a device-to-device copy each (3 us a step at k=3).
-        read_out = jax.tree.map(lambda s, x: s + jnp.where(finite, jnp.zeros_like(x), x), safe, hypergrad)
 
         # 2. the level above steps first (and, in a tower, the levels above it before that)
         dh, by_state = by.update(safe, state.by, h, **extra_args)
@@ -290,7 +286,7 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             prev_params=None if state.prev_params is None else params,
             tangents=tangents,
             valid=None if forward else jnp.ones((), bool),
-            hypergrad=read_out,
+            hypergrad=hypergrad,
             nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
         )
 
