@@ -51,7 +51,9 @@ The wrapper must see raw gradients: put it first in an `optax.chain`.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import dataclasses
+import functools
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +65,11 @@ from ..sums import row_sums
 from .rules import RuleState, values
 
 
-class HyperState(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, meta_fields=["learned"],
+                   data_fields=["inner", "by", "prev_grads", "prev_inner", "prev_params", "tangents", "valid",
+                                "hypergrad", "nonfinite"])
+@dataclasses.dataclass(frozen=True)
+class HyperState:
     inner: Any             # the inner state; its .hyperparams are those used at the last step
     by: Any                # the hyper-optimizer's state (a HyperState again in a taller tower)
     prev_grads: Any        # reverse mode: g_{t−1} (None in forward mode)
@@ -74,8 +80,11 @@ class HyperState(NamedTuple):
     valid: jax.Array       # reverse mode: False before the first step, when there is no previous update
                            # yet (None in forward mode: its tangents start at zero, so its first
                            # hypergradient is zero without a flag)
-    hypergrad: dict        # the last hypergradient ∂f_t/∂h (read-out)
+    hypergrad: jax.Array   # the last hypergradient ∂f_t/∂h, raveled like ravel_pytree(h); read it as a
+                           # dict with `hypergrads(state)`. One vector, because XLA (GPU) stored each
+                           # scalar sliced out of it with a device-to-device copy (3 us a step at k=3)
     nonfinite: jax.Array   # steps whose hypergradient was not finite and were skipped (int32)
+    learned: tuple         # static: the names of the learned hyperparameters, h's keys
 
 
 _WRAP_HINT = ("wrap it with optax.inject_hyperparams, e.g. "
@@ -243,8 +252,9 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             prev_params=params if reads_params and not forward else None,
             tangents=tangents,
             valid=None if forward else jnp.zeros((), bool),
-            hypergrad=jax.tree.map(jnp.zeros_like, h),
+            hypergrad=jnp.zeros_like(ravel_pytree(h)[0]),
             nonfinite=jnp.zeros((), jnp.int32),
+            learned=tuple(h),
         )
 
     def update(grads, state, params=None, **extra_args):
@@ -254,7 +264,8 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
         # 1. the hypergradient: g_t pulled back through the previous update, in h only
         if forward:  # ⟨g_t, ∂U_{t−1}/∂h_j⟩ from the stored tangents
             flat_h, unravel = ravel_pytree(h)
-            hypergrad = unravel(_dots(state.tangents, grads, flat_h.dtype))
+            raveled = _dots(state.tangents, grads, flat_h.dtype)
+            hypergrad = unravel(raveled)
         else:
             def previous_update(h):
                 return inner.update(state.prev_grads, with_hyperparams(state.prev_inner, h), state.prev_params)[0]
@@ -262,6 +273,7 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             _, pullback = jax.vjp(previous_update, h)
             (hypergrad,) = pullback(grads)
             hypergrad = jax.tree.map(lambda x: jnp.where(state.valid, x, jnp.zeros_like(x)), hypergrad)
+            raveled = ravel_pytree(hypergrad)[0]
         finite = _all_finite(hypergrad)
         safe = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), hypergrad)
 
@@ -286,8 +298,9 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             prev_params=None if state.prev_params is None else params,
             tangents=tangents,
             valid=None if forward else jnp.ones((), bool),
-            hypergrad=hypergrad,
+            hypergrad=raveled,
             nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
+            learned=state.learned,
         )
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -337,7 +350,8 @@ def hypergrads(state) -> list[dict]:
     """The last hypergradient of every learning level, bottom-up (raw variables)."""
     state, out = _find_levels(state), []
     while isinstance(state, HyperState):
-        out.append(state.hypergrad)
+        h = {name: state.inner.hyperparams[name] for name in state.learned}
+        out.append(ravel_pytree(h)[1](state.hypergrad))
         state = state.by
     return out
 
