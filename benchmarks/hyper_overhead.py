@@ -23,6 +23,12 @@ how its resident memory grows (create_graph keeps references alive).
     python benchmarks/hyper_overhead.py --quick   # CPU: batch 64, fewer steps (~2 min on 2 cores)
     python benchmarks/hyper_overhead.py           # full (GPU): batches 256 and 2048, 500 steps per timing
 
+Compiles: on a GPU, XLA autotunes the model's matmuls at each compile and its choices
+differ from one process to the next: the same optax.adam step took 93 to 99 us in
+different processes, more than a level's margin. So the full run times everything in
+`--compiles` fresh processes (default 3) and reports, per optimizer, the median of the
+per-process ratios to optax.adam, with their range.
+
 Writes results/hyper_overhead[_quick]_<platform>.json and .png. Needs only jax, optax,
 numpy, matplotlib and minilopt (PyTorch is optional and only ever in the subprocess).
 """
@@ -140,6 +146,44 @@ def time_minilopt(width, batch, steps, repeats):
     return {"n_params": int(n_params), "param_bytes": param_bytes, "rows": rows}
 
 
+def across_compiles(results: list[dict]) -> dict:
+    """One time_minilopt result from several processes': the median step time and ratio
+    to optax.adam over the processes (each ratio taken within its process), and the range."""
+    merged = {k: v for k, v in results[0].items() if k != "rows"}
+    merged["compiles"], rows = len(results), {}
+    for label, first in results[0]["rows"].items():
+        per = [r["rows"][label] for r in results]
+        ratios = [x["ratio_to_optax_adam"] for x in per]
+        rows[label] = {**{k: v for k, v in first.items() if k not in ("step_times", "final_loss")},
+                       "step_s": float(np.median([x["step_s"] for x in per])),
+                       "ratio_to_optax_adam": float(np.median(ratios)),
+                       "ratio_range": [min(ratios), max(ratios)],
+                       "per_compile": [{"step_s": x["step_s"], "ratio_to_optax_adam": x["ratio_to_optax_adam"],
+                                        "final_loss": x["final_loss"]} for x in per]}
+    tower = tower_rows(rows)
+    for h in range(1, len(tower)):
+        tower[h]["ratio_to_height_below"] = tower[h]["step_s"] / tower[h - 1]["step_s"]
+        tower[h]["extra_state_bytes"] = tower[h]["state_bytes"] - tower[h - 1]["state_bytes"]
+    merged["rows"] = rows
+    return merged
+
+
+def time_in_fresh_processes(args, batch, steps, repeats) -> dict:
+    results = []
+    for c in range(args.compiles):
+        proc = subprocess.run([sys.executable, __file__, "--worker", "--width", str(args.width), "--batch", str(batch),
+                               "--steps", str(steps), "--repeats", str(repeats)],
+                              capture_output=True, text=True, check=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"   compile {c + 1}: " + ", ".join(f"{k} {r['ratio_to_optax_adam']:.3f}x"
+                                                 for k, r in results[-1]["rows"].items() if r["height"]))
+    merged = across_compiles(results)
+    for label, r in merged["rows"].items():
+        print(f"{label:32s} {1e3 * r['step_s']:8.3f} ms/step  {r['ratio_to_optax_adam']:.3f}x optax.adam "
+              f"({r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f})  state {r['state_in_param_copies']:.2f}x params")
+    return merged
+
+
 def tower_rows(rows) -> dict:
     """height -> row, for the Adam/SGD/... tower."""
     return {r["height"]: r for k, r in rows.items() if k.startswith("Adam")}
@@ -205,14 +249,26 @@ def main():
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 256 2048; quick: 64)")
     ap.add_argument("--gdtuo-python", default="/tmp/gdtuo-venv/bin/python")
+    ap.add_argument("--compiles", type=int, default=None,
+                    help="fresh processes to time in, median reported (default 3; quick: 1, in this process)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     batches = args.batch or ([64] if args.quick else [256, 2048])
     steps, repeats, gdtuo_steps = (40, 3, 20) if args.quick else (500, 5, 50)
+    steps, repeats = args.steps or steps, args.repeats or repeats
+    if args.worker:  # one process's timings, as JSON on the last line
+        result = time_minilopt(args.width, batches[0], steps, repeats)
+        print(json.dumps(result))
+        return
+    args.compiles = args.compiles or (1 if args.quick else 3)
     t0 = time.perf_counter()
     ours = {}
     for batch in batches:
         print(f"-- batch {batch}")
-        ours[str(batch)] = time_minilopt(args.width, batch, steps, repeats)
+        ours[str(batch)] = (time_in_fresh_processes(args, batch, steps, repeats) if args.compiles > 1
+                            else time_minilopt(args.width, batch, steps, repeats))
     n_params = next(iter(ours.values()))["n_params"]
     print(f"{n_params:,} parameters; gdtuo at batch {batches[0]}:")
     theirs = time_gdtuo(args.gdtuo_python, args.width, batches[0], gdtuo_steps)
@@ -227,7 +283,8 @@ def main():
     payload = {"device": {"platform": jax.devices()[0].platform, "device": jax.devices()[0].device_kind,
                           "jax": jax.__version__, "host": platform.machine(), "cpus": os.cpu_count()},
                "model": f"tanh MLP 784-{args.width}-{args.width}-10, synthetic data", "n_params": n_params,
-               "batches": batches, "steps_per_timing": steps, "repeats": repeats, "minilopt": ours,
+               "batches": batches, "steps_per_timing": steps, "repeats": repeats, "compiles": args.compiles,
+               "minilopt": ours,
                "gdtuo": theirs, "seconds": time.perf_counter() - t0}
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"hyper_overhead{'_quick' if args.quick else ''}_{jax.devices()[0].platform}"
