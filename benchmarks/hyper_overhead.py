@@ -139,10 +139,7 @@ def time_minilopt(width, batch, steps, repeats):
     base = rows["optax.adam"]["step_s"]
     for label, r in rows.items():
         r["ratio_to_optax_adam"] = r["step_s"] / base
-    tower = tower_rows(rows)
-    for h in range(1, len(tower)):
-        tower[h]["ratio_to_height_below"] = tower[h]["step_s"] / tower[h - 1]["step_s"]
-        tower[h]["extra_state_bytes"] = tower[h]["state_bytes"] - tower[h - 1]["state_bytes"]
+    add_per_level(rows)
     return {"n_params": int(n_params), "param_bytes": param_bytes, "rows": rows}
 
 
@@ -160,10 +157,7 @@ def across_compiles(results: list[dict]) -> dict:
                        "ratio_range": [min(ratios), max(ratios)],
                        "per_compile": [{"step_s": x["step_s"], "ratio_to_optax_adam": x["ratio_to_optax_adam"],
                                         "final_loss": x["final_loss"]} for x in per]}
-    tower = tower_rows(rows)
-    for h in range(1, len(tower)):
-        tower[h]["ratio_to_height_below"] = tower[h]["step_s"] / tower[h - 1]["step_s"]
-        tower[h]["extra_state_bytes"] = tower[h]["state_bytes"] - tower[h - 1]["state_bytes"]
+    add_per_level(rows)
     merged["rows"] = rows
     return merged
 
@@ -182,6 +176,14 @@ def time_in_fresh_processes(args, batch, steps, repeats) -> dict:
         print(f"{label:32s} {1e3 * r['step_s']:8.3f} ms/step  {r['ratio_to_optax_adam']:.3f}x optax.adam "
               f"({r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f})  state {r['state_in_param_copies']:.2f}x params")
     return merged
+
+
+def add_per_level(rows):
+    """Each tower height's step time over the height below, and the state bytes it adds."""
+    tower = tower_rows(rows)
+    for h in range(1, len(tower)):
+        tower[h]["ratio_to_height_below"] = tower[h]["step_s"] / tower[h - 1]["step_s"]
+        tower[h]["extra_state_bytes"] = tower[h]["state_bytes"] - tower[h - 1]["state_bytes"]
 
 
 def tower_rows(rows) -> dict:
