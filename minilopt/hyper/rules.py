@@ -118,6 +118,28 @@ def _same_dtype(tree, like):
     return jax.tree.map(lambda x, l: x.astype(jnp.result_type(l)), tree, like)
 
 
+@jax.custom_jvp
+def ema(old, new, beta):
+    """β·old + (1 − β)·new: the moving averages m, v (Adam) and s (RMSProp).
+
+    Its derivative in β is old − new, taken here as (ema − new)/β: the same number,
+    read from today's average instead of yesterday's. Forward mode (`hyperoptimize`)
+    takes this derivative at the update, which overwrites yesterday's buffer with
+    today's; had the derivative read yesterday's, XLA (CPU) would first copy the whole
+    buffer, every step (Adam: 2 parameter-sized copies, a fifth of a level's time on a
+    2-core CPU). β = 0 exactly (|atanh(2β − 1)| > 9 in float32) gives a NaN derivative,
+    which `hyperoptimize` skips and counts in `state.nonfinite`."""
+    return beta * old + (1 - beta) * new
+
+
+@ema.defjvp
+def _ema_jvp(primals, tangents):
+    old, new, beta = primals
+    d_old, d_new, d_beta = tangents
+    out = ema(old, new, beta)
+    return out, beta * d_old + (1 - beta) * d_new + d_beta * ((out - new) / beta)
+
+
 # ---- the rules ---------------------------------------------------------------------
 
 def sgd(alpha=0.01, mu=0.0, *, log_alpha: bool = False) -> optax.GradientTransformation:
@@ -223,7 +245,7 @@ def rmsprop(alpha=0.01, gamma=0.99, *, eps: float = 1e-8, learn_gamma: bool = Tr
     def update(grads, state, params=None):
         h = values(state.hyperparams)
         a, g_ = h["alpha"], h.get("gamma", gamma)
-        s = jax.tree.map(lambda s, g: g_ * s + (1 - g_) * jnp.square(g), state.slots, grads)
+        s = jax.tree.map(lambda s, g: ema(s, jnp.square(g), g_), state.slots, grads)
         updates = jax.tree.map(lambda g, s: -(a * g / jnp.sqrt(s + eps)), grads, s)
         return _same_dtype(updates, grads), RuleState(state.hyperparams, state.count + 1,
                                                       _same_dtype(s, grads))
@@ -260,10 +282,12 @@ def adam(alpha=1e-3, beta1=0.9, beta2=0.999, *, eps: float = 1e-8, learn_betas: 
         a, b1, b2 = h["alpha"], h.get("beta1", beta1), h.get("beta2", beta2)
         n = state.count + 1
         m, v = state.slots
-        m = _same_dtype(jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, grads), grads)
-        v = _same_dtype(jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads), grads)
-        c1, c2 = 1 - b1 ** n.astype(a.dtype), 1 - b2 ** n.astype(a.dtype)
-        updates = jax.tree.map(lambda m, v: -(a * ((m / c1) / (jnp.sqrt(v / c2) + eps))), m, v)
+        m = _same_dtype(jax.tree.map(lambda m, g: ema(m, g, b1), m, grads), grads)
+        v = _same_dtype(jax.tree.map(lambda v, g: ema(v, g * g, b2), v, grads), grads)
+        # the bias corrections as scalar reciprocals: on a CPU, XLA then fuses the
+        # update and its tangents into fewer passes over memory (0.4 ms a step less)
+        i1, i2 = 1 / (1 - b1 ** n.astype(a.dtype)), 1 / (1 - b2 ** n.astype(a.dtype))
+        updates = jax.tree.map(lambda m, v: a * ((m * -i1) / (jnp.sqrt(v * i2) + eps)), m, v)
         return _same_dtype(updates, grads), RuleState(state.hyperparams, n, (m, v))
 
     return optax.GradientTransformation(init, update)

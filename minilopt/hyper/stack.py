@@ -180,6 +180,13 @@ def _dots(tangents, grads, dtype) -> jax.Array:
     return jnp.sum(jnp.stack(sums), axis=1)
 
 
+def _dots_cpu(tangents, grads, dtype) -> jax.Array:
+    """`_dots` as XLA (CPU) runs it fastest: one jnp.sum per leaf and tangent."""
+    g_leaves = [jnp.asarray(g, dtype) for g in jax.tree.leaves(grads)]
+    return jnp.stack([sum(jnp.sum(jnp.asarray(t, dtype) * g) for t, g in zip(jax.tree.leaves(tj), g_leaves))
+                      for tj in tangents])
+
+
 MODES = ("auto", "forward", "reverse")
 
 
@@ -266,7 +273,9 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
         # 1. the hypergradient: g_t pulled back through the previous update, in h only
         if forward:  # ⟨g_t, ∂U_{t−1}/∂h_j⟩ from the stored tangents
             flat_h, unravel = ravel_pytree(h)
-            raveled = _dots(state.tangents, grads, flat_h.dtype)
+            dtype = flat_h.dtype
+            raveled = jax.lax.platform_dependent(state.tangents, grads, cpu=lambda t, g: _dots_cpu(t, g, dtype),
+                                                 default=lambda t, g: _dots(t, g, dtype))
             hypergrad = unravel(raveled)
         else:
             def previous_update(h):
