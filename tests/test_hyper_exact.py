@@ -162,6 +162,23 @@ def test_hypergradient_matches_finite_differences(name):
         np.testing.assert_allclose(ours, fd, rtol=1e-6, atol=1e-10, err_msg=name)
 
 
+@settings(max_examples=30, deadline=None)
+@given(old=hnp.arrays(np.float64, 6, elements=st.floats(-3, 3)), new=hnp.arrays(np.float64, 6, elements=st.floats(-3, 3)),
+       beta=st.floats(0.01, 0.999), cotangent=hnp.arrays(np.float64, 6, elements=st.floats(-1, 1)))
+def test_moving_average_derivatives_are_the_closed_form(old, new, beta, cotangent):
+    """ema = β·old + (1 − β)·new has ∂/∂β = old − new, ∂/∂old = β, ∂/∂new = 1 − β.
+    rules.ema takes the β-derivative from its output, (ema − new)/β: the same number,
+    in forward and in reverse mode (which transposes that rule)."""
+    with float64():
+        args = tuple(map(jnp.asarray, (old, new, beta)))
+        d_beta = jax.jvp(rules.ema, args, (jnp.zeros(6), jnp.zeros(6), jnp.ones(())))[1]
+        np.testing.assert_allclose(d_beta, old - new, rtol=1e-12, atol=1e-12)
+        d_old, d_new, d_b = jax.grad(lambda *a: jnp.sum(cotangent * rules.ema(*a)), argnums=(0, 1, 2))(*args)
+        np.testing.assert_allclose(d_old, beta * cotangent, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(d_new, (1 - beta) * cotangent, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(d_b, np.sum(cotangent * (old - new)), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 def test_first_step_hypergradient_is_exactly_zero_and_hyper_levels_still_step(mode):
     # forward mode has no first-step flag: its tangents start at zero; reverse mode masks
