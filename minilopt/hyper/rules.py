@@ -132,12 +132,16 @@ def ema(old, new, beta):
     return beta * old + (1 - beta) * new
 
 
-@ema.defjvp
-def _ema_jvp(primals, tangents):
-    old, new, beta = primals
-    d_old, d_new, d_beta = tangents
-    out = ema(old, new, beta)
-    return out, beta * d_old + (1 - beta) * d_new + d_beta * ((out - new) / beta)
+ema.defjvps(lambda d_old, out, old, new, beta: beta * d_old,  # one term per argument that moves
+            lambda d_new, out, old, new, beta: (1 - beta) * d_new,
+            lambda d_beta, out, old, new, beta: d_beta * ((out - new) / beta))
+
+
+def _unbias(x, c):
+    """x / c for a scalar c. On CPU as x · (1/c): XLA (CPU) then fuses Adam's update and
+    its tangents into fewer passes over memory (0.6 ms a step less for 1.9M weights on
+    2 cores); on GPU the reciprocal would be a kernel launch of its own."""
+    return jax.lax.platform_dependent(x, c, cpu=lambda x, c: x * (1 / c), default=lambda x, c: x / c)
 
 
 # ---- the rules ---------------------------------------------------------------------
@@ -284,10 +288,10 @@ def adam(alpha=1e-3, beta1=0.9, beta2=0.999, *, eps: float = 1e-8, learn_betas: 
         m, v = state.slots
         m = _same_dtype(jax.tree.map(lambda m, g: ema(m, g, b1), m, grads), grads)
         v = _same_dtype(jax.tree.map(lambda v, g: ema(v, g * g, b2), v, grads), grads)
-        # the bias corrections as scalar reciprocals: on a CPU, XLA then fuses the
-        # update and its tangents into fewer passes over memory (0.4 ms a step less)
-        i1, i2 = 1 / (1 - b1 ** n.astype(a.dtype)), 1 / (1 - b2 ** n.astype(a.dtype))
-        updates = jax.tree.map(lambda m, v: a * ((m * -i1) / (jnp.sqrt(v * i2) + eps)), m, v)
+        # Δ = α·direction, the sign inside −(1 − β1ⁿ): Δ's tangent in α is then the
+        # direction itself, which XLA (CPU) writes without a pass of its own
+        minus_c1, c2 = b1 ** n.astype(a.dtype) - 1, 1 - b2 ** n.astype(a.dtype)
+        updates = jax.tree.map(lambda m, v: a * (_unbias(m, minus_c1) / (jnp.sqrt(_unbias(v, c2)) + eps)), m, v)
         return _same_dtype(updates, grads), RuleState(state.hyperparams, n, (m, v))
 
     return optax.GradientTransformation(init, update)
