@@ -127,7 +127,7 @@ def ema(old, new, beta):
     takes this derivative at the update, which overwrites yesterday's buffer with
     today's; had the derivative read yesterday's, XLA (CPU) would first copy the whole
     buffer, every step (Adam: 2 parameter-sized copies, a fifth of a level's time on a
-    2-core CPU). β = 0 exactly (|atanh(2β − 1)| > 9 in float32) gives a NaN derivative,
+    2-core CPU). β = 0 exactly (atanh(2β − 1) < −9 in float32) gives a NaN derivative,
     which `hyperoptimize` skips and counts in `state.nonfinite`."""
     return beta * old + (1 - beta) * new
 
