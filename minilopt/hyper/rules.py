@@ -297,4 +297,4 @@ def adam(alpha=1e-3, beta1=0.9, beta2=0.999, *, eps: float = 1e-8, learn_betas: 
     return optax.GradientTransformation(init, update)
 
 
-__all__ = ["RuleState", "values", "sgd", "sgd_per_param", "adagrad", "rmsprop", "adam"]
+__all__ = ["RuleState", "values", "ema", "sgd", "sgd_per_param", "adagrad", "rmsprop", "adam"]
