@@ -29,12 +29,14 @@ never go negative (the paper's α may, see lesson 02).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.custom_derivatives import SymbolicZero
 
 
 class RuleState(NamedTuple):
@@ -132,9 +134,20 @@ def ema(old, new, beta):
     return beta * old + (1 - beta) * new
 
 
-ema.defjvps(lambda d_old, out, old, new, beta: beta * d_old,  # one term per argument that moves
-            lambda d_new, out, old, new, beta: (1 - beta) * d_new,
-            lambda d_beta, out, old, new, beta: d_beta * ((out - new) / beta))
+def _ema_jvp(primals, tangents):
+    # One term per argument that moves. Zero tangents come in symbolic and are left
+    # out: instantiated, β·0 + (1 − β)·0 was a kernel of its own on GPU, as XLA may
+    # not drop x·0 (it is NaN for x = inf).
+    (old, new, beta), (d_old, d_new, d_beta) = primals, tangents
+    out = ema(old, new, beta)
+    terms = [term() for d, term in ((d_old, lambda: beta * d_old),
+                                    (d_new, lambda: (1 - beta) * d_new),
+                                    (d_beta, lambda: d_beta * ((out - new) / beta)))
+             if not isinstance(d, SymbolicZero)]
+    return out, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(out)
+
+
+ema.defjvp(_ema_jvp, symbolic_zeros=True)
 
 
 def _unbias(x, c):
