@@ -89,8 +89,8 @@ def test_hypergradient_dot_products_equal_numpy_at_any_row_length(row, k, seed, 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(hyper_stack, "ROW", row)
         got = np.asarray(jax.jit(lambda t, g: hyper_stack._dots(t, g, jnp.float32))(tangents, grads))
-    # the path hyper takes on CPU: one sum per leaf and tangent
-    got_cpu = np.asarray(jax.jit(lambda t, g: hyper_stack._dots_cpu(t, g, jnp.float32))(tangents, grads))
+    # the path hyper takes on CPU, and for small levels everywhere: one sum per leaf and tangent
+    got_cpu = np.asarray(jax.jit(lambda t, g: hyper_stack._dots_per_leaf(t, g, jnp.float32))(tangents, grads))
     want = [sum(float(np.sum(t[n].astype(np.float64) * grads[n])) for n in grads) for t in tangents]
     assert got.shape == got_cpu.shape == (k,)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

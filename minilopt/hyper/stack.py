@@ -180,8 +180,11 @@ def _dots(tangents, grads, dtype) -> jax.Array:
     return jnp.sum(jnp.stack(sums), axis=1)
 
 
-def _dots_cpu(tangents, grads, dtype) -> jax.Array:
-    """`_dots` as XLA (CPU) runs it fastest: one jnp.sum per leaf and tangent."""
+def _dots_per_leaf(tangents, grads, dtype) -> jax.Array:
+    """`_dots` as one jnp.sum per leaf and tangent: what XLA (CPU) runs fastest, and
+    on any backend for a few scalars (the levels above the first), where XLA fuses
+    the sums into the hyper-step's arithmetic and a tree of row sums would add two
+    kernels (GPU: Adam/SGD/SGD 1-2 us a step less)."""
     g_leaves = [jnp.asarray(g, dtype) for g in jax.tree.leaves(grads)]
     return jnp.stack([sum(jnp.sum(jnp.asarray(t, dtype) * g) for t, g in zip(jax.tree.leaves(tj), g_leaves))
                       for tj in tangents])
@@ -274,8 +277,12 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
         if forward:  # ⟨g_t, ∂U_{t−1}/∂h_j⟩ from the stored tangents
             flat_h, unravel = ravel_pytree(h)
             dtype = flat_h.dtype
-            raveled = jax.lax.platform_dependent(state.tangents, grads, cpu=lambda t, g: _dots_cpu(t, g, dtype),
-                                                 default=lambda t, g: _dots(t, g, dtype))
+            if sum(np.size(g) for g in jax.tree.leaves(grads)) <= ROW:
+                raveled = _dots_per_leaf(state.tangents, grads, dtype)
+            else:
+                raveled = jax.lax.platform_dependent(state.tangents, grads,
+                                                     cpu=lambda t, g: _dots_per_leaf(t, g, dtype),
+                                                     default=lambda t, g: _dots(t, g, dtype))
             hypergrad = unravel(raveled)
         else:
             def previous_update(h):
