@@ -29,7 +29,6 @@ never go negative (the paper's α may, see lesson 02).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -140,11 +139,14 @@ def _ema_jvp(primals, tangents):
     # not drop x·0 (it is NaN for x = inf).
     (old, new, beta), (d_old, d_new, d_beta) = primals, tangents
     out = ema(old, new, beta)
-    terms = [term() for d, term in ((d_old, lambda: beta * d_old),
-                                    (d_new, lambda: (1 - beta) * d_new),
-                                    (d_beta, lambda: d_beta * ((out - new) / beta)))
-             if not isinstance(d, SymbolicZero)]
-    return out, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(out)
+    terms = []
+    if not isinstance(d_old, SymbolicZero):
+        terms.append(beta * d_old)
+    if not isinstance(d_new, SymbolicZero):
+        terms.append((1 - beta) * d_new)
+    if not isinstance(d_beta, SymbolicZero):
+        terms.append(d_beta * ((out - new) / beta))
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
 
 
 ema.defjvp(_ema_jvp, symbolic_zeros=True)
