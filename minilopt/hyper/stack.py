@@ -31,8 +31,10 @@ runs, at step t−1, with one `jax.jvp` per scalar hyperparameter (XLA computes 
 shared primal once). The level stores those k tangents, parameter-sized, instead
 of yesterday's inputs, and step t's hypergradient is k dot products with g_t. No
 vjp is re-run, and no buffer is copied from one step's state to the next (in a
-`lax.scan` loop XLA must copy yesterday's inputs; the tangents are written fresh),
-so one level costs about one more pass over memory than the rule it tunes.
+`lax.scan` loop XLA must copy yesterday's inputs; the tangents are written fresh).
+What a level adds is memory traffic: k tangent writes in the rule's own pass, and
+one pass reading them with g_t (GPU); XLA (CPU) writes each output in a loop of
+its own, rereading what they share, so there it costs several passes.
 `mode="auto"` (the default) picks forward mode when its k tangents take no more
 memory than yesterday's gradient, inner state (and weights); e.g. forward for
 Adam's α, β1, β2 (3 tangents against g, m, v), reverse for `sgd_per_param` (one
