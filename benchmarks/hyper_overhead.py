@@ -267,7 +267,7 @@ def main():
     batches = args.batch or ([64] if args.quick else [256, 2048])
     steps, repeats = (40, 3) if args.quick else (500, 5)
     steps, repeats = args.steps or steps, args.repeats or repeats
-    gdtuo_steps, gdtuo_repeats = min(steps, 50), 3  # quick: minilopt's own blocks (a step takes ~30 ms)
+    gdtuo_steps, gdtuo_repeats = min(steps, 50), min(repeats, 3)  # quick: minilopt's own blocks (~30 ms a step)
     if args.worker:  # one process's timings, as JSON on the last line
         result = time_minilopt(args.width, batches[0], steps, repeats)
         print(json.dumps(result))
