@@ -20,8 +20,14 @@ setup: $(STAMP)
 # Jupyter refuses to run as root (as in containers) unless told to.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# The server's root is the repository, so notebooks/, exercises/ and solutions/ are all in the
+# file browser; it opens on the lesson map. No news pop-up and no update check: a workshop
+# room needs neither (and may be offline). Your own Jupyter config is left as it is.
+LAB_FLAGS := --ServerApp.root_dir="$(CURDIR)" --LabApp.news_url=None \
+             --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/00_lesson_map.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks/00_lesson_map.ipynb
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(TESTS) --nbval-lax -n 2 --dist loadfile
