@@ -46,3 +46,61 @@ def plot_lr_sweep(sweep, ax=None, *, title: str | None = None, label: str | None
     ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final training loss", title=title)
     ax.legend(fontsize=8)
     return ax
+
+
+# ---- the probes of minilopt.probe: one helper each, one line per named result ----------------
+
+def _named(results):
+    return results.items() if isinstance(results, Mapping) else [(None, results)]
+
+
+def plot_impulse(results, ax=None, *, title: str = "impulse response"):
+    """r_t / r_0 against t (probe.impulse), with each optimizer's time scale τ in the legend."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    for label, r in _named(results):
+        ax.plot(np.arange(len(r.response)), r.response / r.response[0],
+                label=f"{label or ''} τ = {r.time_scale:.3g}".strip())
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xlabel="steps after the spike", ylabel="response / first response", title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_gradient_scale(results, ax=None, *, title: str = "response to gradient scale"):
+    """Update rms against gradient rms, log-log (probe.gradient_scale); slope 1 is SGD, 0 invariance."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    for label, r in _named(results):
+        ax.plot(r.scales, r.step, "o-", ms=3, label=label)
+    ax.set(xscale="log", yscale="log", xlabel="gradient rms", ylabel="update rms", title=title)
+    if isinstance(results, Mapping):
+        ax.legend(fontsize=8)
+    return ax
+
+
+def plot_schedule(results, ax=None, *, window: int = 1, title: str = "step size over training"):
+    """rms(Δ)/rms(g) against the training fraction t/T (probe.schedule), log scale."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    for label, r in _named(results):
+        y = smooth(r.step, window)
+        ax.plot(r.fraction[: len(y)] + (window - 1) / 2 / len(r.fraction), y, label=label)
+    ax.set(yscale="log", xlabel="training fraction t / T", ylabel="step size |Δ| / |g|", title=title)
+    if isinstance(results, Mapping):
+        ax.legend(fontsize=8)
+    return ax
+
+
+def plot_loss_trend(results, ax=None, *, title: str = "step size against the loss trend"):
+    """Step size relative to a flat loss, against the loss trend ρ (probe.loss_trend)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    for label, r in _named(results):
+        ax.plot(r.rates, r.relative, "o-", label=label)
+    ax.axhline(1, color="k", lw=0.5)
+    ax.set(yscale="log", xlabel="loss trend ρ (loss ∝ exp(ρ t/T))", ylabel="step / step with a flat loss",
+           title=title)
+    if isinstance(results, Mapping):
+        ax.legend(fontsize=8)
+    return ax
