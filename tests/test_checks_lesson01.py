@@ -16,6 +16,34 @@ def test_blank_answers_fail_usefully(check):
     assert_blank_answers_fail(check)
 
 
+@pytest.fixture(scope="module")
+def diverging_sweep():
+    """SGD on a quadratic with curvatures up to 1: rates above 2 blow up (gradient descent on
+    h x^2 / 2 is stable only for lr < 2 / h), the rest converge."""
+    import jax
+    import optax
+    from minilopt import tasks, train
+    return train.lr_sweep(tasks.quadratic(), optax.sgd, np.logspace(-3, 1, 9), 100, jax.random.key(0))
+
+
+def test_the_sweep_check_passes_the_reference_and_fails_a_blank(diverging_sweep):
+    lrs = diverging_sweep.learning_rates
+    assert np.isnan(diverging_sweep.train_loss[lrs > 2, -1]).all()  # the premise: diverged runs end in NaN
+    assert L.check_best_lr_on_sweep(L.best_lr_reference, diverging_sweep) == pytest.approx(1.0)
+    assert_blank_answers_fail(lambda answer: L.check_best_lr_on_sweep(answer, diverging_sweep))
+
+
+def test_plain_argmin_over_a_sweep_with_nan_fails(diverging_sweep):
+    with pytest.raises(ExerciseError, match=r"(?s)runs ended in NaN.*expected: 1\.0.*NaN loss"):
+        L.check_best_lr_on_sweep(lambda lrs, losses: float(lrs[np.argmin(losses)]), diverging_sweep)
+
+
+def test_a_sweep_without_divergence_is_refused(diverging_sweep):
+    calm = diverging_sweep._replace(train_loss=np.nan_to_num(diverging_sweep.train_loss, nan=5.0))
+    with pytest.raises(ValueError, match="no diverged run"):
+        L.check_best_lr_on_sweep(L.best_lr_reference, calm)
+
+
 def test_adam_without_bias_correction_fails_with_a_hint():
     def no_correction(g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8):
         m = b1 * m + (1 - b1) * g

@@ -19,6 +19,26 @@ def test_blank_source_replaces_the_block_with_a_hinted_error():
         namespace["f"](2)
 
 
+def test_a_task_names_the_stub_and_the_hints_fold_below_the_cell_in_order():
+    src = ("def f(x):\n"
+           "    ### BEGIN SOLUTION\n"
+           "    ### TASK: return the square of x\n"
+           "    ### HINT: a number times itself\n"
+           "    ### HINT: one multiplication of two names\n"
+           "    return x * x\n"
+           "    ### END SOLUTION\n")
+    nb = {"cells": [{"cell_type": "code", "id": "c1", "source": src, "outputs": [], "execution_count": 1,
+                     "metadata": {}}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    code, hints = exercises.make_exercise(nb)["cells"]
+    stub = "".join(code["source"])
+    assert "Exercise: return the square of x" in stub and "x * x" not in stub
+    assert "a number times itself" not in stub  # the hints are not in the stub's message
+    text = "".join(hints["source"])
+    assert hints["cell_type"] == "markdown" and hints["id"] == "c1-hints"
+    first, second = text.index("a number times itself"), text.index("one multiplication")
+    assert first < second and text.count("<details>") == 2 and "x * x" not in text
+
+
 @pytest.mark.parametrize("src, message", [
     ("### BEGIN SOLUTION\nx = 1\n", "never closed"),
     ("x = 1\n### END SOLUTION\n", "without"),

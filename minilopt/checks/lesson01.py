@@ -35,7 +35,7 @@ def best_lr_reference(learning_rates, final_losses):
 
 def check_momentum_step(momentum_step):
     """momentum_step(g, m, lr, beta) -> (delta, new_m)."""
-    hint = "heavy-ball momentum accumulates the raw gradient: m = beta*m + g, and the step is -lr*m"
+    hint = "heavy-ball momentum adds the raw gradient to the faded momentum (no 1 - beta factor), and steps along the new m"
     for case in range(3):
         g, m = _RNG.normal(size=5), _RNG.normal(size=5)
         lr, beta = [0.1, 0.01, 1.0][case], [0.9, 0.5, 0.0][case]
@@ -76,3 +76,25 @@ def check_best_lr(best_lr):
         got = call(best_lr, np.array(lrs), np.array(losses), what="best_lr", hint=hint)
         expect_close(f"best rate for losses {losses}", best_lr_reference(lrs, losses), got, hint)
     print("best_lr: correct, including runs that diverged")
+
+
+def check_best_lr_on_sweep(best_lr, sweep):
+    """best_lr on a real `train.lr_sweep` result, fed each run's last training loss.
+
+    A run that hit a non-finite loss was stopped and its later losses are NaN, so the
+    last losses hold NaN exactly where a run blew up. `np.argmin` returns the index of
+    the first NaN, so a plain argmin picks a diverged rate here. Returns the learner's
+    choice."""
+    lrs = np.asarray(sweep.learning_rates)
+    last = np.asarray(sweep.train_loss)[:, -1]
+    if np.isfinite(last).all():
+        raise ValueError("this sweep has no diverged run, so it cannot test the NaN handling: "
+                         "extend learning_rates past the point where training blows up")
+    hint = ("the runs that blew up end with a NaN loss, and np.argmin treats NaN as the minimum: "
+            "compare only the runs whose loss is finite")
+    got = call(best_lr, lrs, last, what="best_lr on the sweep", hint=hint)
+    diverged = int((~np.isfinite(last)).sum())
+    expect_close(f"best rate of the sweep ({diverged} of {len(lrs)} runs ended in NaN)",
+                 best_lr_reference(lrs, last), got, hint)
+    print(f"best_lr on the sweep: {float(got):.3g}, skipping the {diverged} runs that diverged")
+    return float(got)
