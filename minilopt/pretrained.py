@@ -101,7 +101,12 @@ def load(path=None) -> Pretrained:
         lopt = LOPTS[config["lopt"]](**config["kwargs"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{file}: cannot build {config['lopt']}(**{config['kwargs']}): {e}") from None
-    theta_file = file.parent / config["theta"]
+    name = config["theta"]
+    if not (isinstance(name, str) and name not in ("", ".", "..") and pathlib.PurePath(name).name == name
+            and "/" not in name and "\\" not in name):
+        raise ValueError(f"{file}: 'theta' must name a file in the same folder (e.g. \"{THETA}\"), "
+                         f"got {name!r}")
+    theta_file = file.parent / name
     if not theta_file.is_file():
         raise FileNotFoundError(f"no pretrained weights: {theta_file} (named in {file}) is missing. {_FIX}")
     if "sha256" in config and _sha256(theta_file) != config["sha256"]:

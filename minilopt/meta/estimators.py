@@ -33,6 +33,9 @@ The + and − runs of a pair share the task, the data and every key: only θ dif
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -72,6 +75,36 @@ def _metrics(grad, meta_loss, losses):
     return grad, metrics
 
 
+def settings(obj, depth: int = 0):
+    """Every setting of `obj` as JSON-ready data: a learned optimizer's or a task
+    family's class and public attributes (its constructor arguments), recursively.
+    Two objects with the same settings behave the same, so a checkpoint that records
+    them can refuse a resume under any other. A large array is recorded by its shape,
+    dtype and a hash of its bytes."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if callable(obj) and hasattr(obj, "__qualname__"):  # a function: its name, not its address
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    if depth > 8:
+        return re.sub(r" at 0x[0-9a-f]+", "", repr(obj))
+    if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
+        a = np.asarray(obj)
+        if a.size <= 16:
+            return a.tolist()
+        return {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+    if isinstance(obj, (tuple, list)):
+        return [settings(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): settings(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if dataclasses.is_dataclass(obj):
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    elif hasattr(obj, "__dict__"):
+        fields = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    else:
+        return re.sub(r" at 0x[0-9a-f]+", "", repr(obj))  # the same in every process
+    return {"class": type(obj).__name__, **{k: settings(v, depth + 1) for k, v in sorted(fields.items())}}
+
+
 class Estimator:
     """Shared plumbing. Subclasses implement `init(theta, key)` and `__call__`.
 
@@ -107,7 +140,10 @@ class Estimator:
         return self._shard(jax.vmap(lambda k: self.unroll.init(theta, k))(self._particle_keys(key)))
 
     def config(self) -> dict:
-        return {"estimator": self.name, "num_particles": self.num_particles, **self.unroll.config()}
+        """What fixes the meaning of a meta-training run (checkpoints compare it): the
+        estimator, the unroll, and every setting of the learned optimizer and family."""
+        return {"estimator": self.name, "num_particles": self.num_particles, **self.unroll.config(),
+                "lopt_settings": settings(self.unroll.lopt), "family_settings": settings(self.unroll.family)}
 
     def init(self, theta, key) -> Any:
         return ()

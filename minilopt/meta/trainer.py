@@ -14,23 +14,28 @@ of the number of devices.
 
 Checkpoints (`DIR/checkpoint.npz`) hold θ, the meta-optimizer state, the estimator
 state, the outer step and the PRNG key, plus the run's configuration. They are
-written atomically (a temporary file, then a rename), so a kill never leaves a torn
-file. Resuming loads them and continues exactly as if the run had never stopped:
-the same key stream, hence the same results. A checkpoint written with a different
-configuration is refused, and the differing entries are named.
+written atomically (a temporary file, fsync, then a rename), so a kill never leaves
+a torn file; the temporary files of a killed write are removed at the next start.
+Resuming loads them and continues exactly as if the run had never stopped: the same
+key stream, hence the same results. The configuration is complete (every setting of
+the estimator, the unroll, the learned optimizer and the task family, θ's leaves and
+the meta-optimizer state's structure): a checkpoint written with any other one is
+refused, and the differing entries are named. A checkpoint holding NaN, a step
+outside 0..steps, or leaves of another structure is refused too.
 
-Metrics go to `DIR/metrics.jsonl`, one JSON object per logged step.
+Metrics go to `DIR/metrics.jsonl`, one JSON object per logged step. A torn last
+line (a kill mid-write) is dropped with a warning on resume.
 """
 from __future__ import annotations
 
 import functools
 import json
 import math
-import os
 import pathlib
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -38,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ..lopt.checkpoint import atomic_write, clean_temporaries, read_npz, write_npz
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.npz", "metrics.jsonl", "config.json"
 # Clip the meta-gradient's global norm to 1, then Adam: the usual, stable choice.
@@ -69,39 +76,44 @@ def _flatten(tree) -> dict[str, np.ndarray]:
 
 
 def save_checkpoint(path, tree, config: dict) -> pathlib.Path:
-    """Write `tree` (any pytree of arrays) and `config` to `path` atomically."""
+    """Write `tree` (any pytree of arrays) and `config` to `path` atomically
+    (`minilopt.lopt.checkpoint.write_npz`: temporary file, fsync, rename; mode 0644)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = _flatten(jax.device_get(tree))
     arrays["__config__"] = np.array(json.dumps(config, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_npz(path, arrays)
 
 
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays by tree path, config) of a checkpoint file."""
+    """(arrays by tree path, config) of a checkpoint file; a ValueError that names
+    the file if it is not one (see `minilopt.lopt.checkpoint.read_npz`)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    config = json.loads(str(arrays.pop("__config__")))
+    arrays = read_npz(path)
+    text = arrays.pop("__config__", None)
+    if text is None or text.shape != () or text.dtype.kind != "U":
+        raise ValueError(f"{path} holds no run configuration (entry '__config__'); it is not a meta-training "
+                         "checkpoint: start a new run in another directory")
+    try:
+        config = json.loads(str(text))
+    except (json.JSONDecodeError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: its '__config__' entry is not a JSON object; the file is corrupt")
     return arrays, config
 
 
 def restore(arrays: dict[str, np.ndarray], like, where: str = "checkpoint"):
     """`like`'s tree, filled with `arrays` (as written by `save_checkpoint`);
-    a ValueError names any missing leaf or any leaf of the wrong shape or dtype."""
+    a ValueError names any missing or extra leaf, any leaf of the wrong shape or
+    dtype, and any non-finite floating-point leaf."""
+    names = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(like)]
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise ValueError(f"{where} has entries this run does not have: {extra[:6]}; it was written for a "
+                         "different structure (e.g. another meta-optimizer): resume with the same settings")
     leaves = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(like):
         name = jax.tree_util.keystr(path)
@@ -113,6 +125,9 @@ def restore(arrays: dict[str, np.ndarray], like, where: str = "checkpoint"):
         if value.shape != np.shape(leaf) or value.dtype != dtype:
             raise ValueError(f"{where}: {name} has shape {value.shape} and dtype {value.dtype}, "
                              f"expected {np.shape(leaf)} and {dtype}")
+        if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}: {name} holds NaN or inf; the checkpoint is corrupt (training never "
+                             "applies a non-finite step): resume from a copy, or start a new run")
         leaves.append(value)
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
@@ -124,6 +139,8 @@ def load_theta(path, like):
         path = path / CHECKPOINT
     arrays, _ = read_checkpoint(path)
     theta = {k[len("['theta']"):]: v for k, v in arrays.items() if k.startswith("['theta']")}
+    if not theta:
+        raise ValueError(f"{path} holds no θ (no entry under ['theta']); it is not a meta-training checkpoint")
     return restore(theta, like, f"θ in {path}")
 
 
@@ -165,23 +182,64 @@ class Progress:
             self.stream.flush()
 
 
+def _read_log(path: pathlib.Path) -> list[dict]:
+    """The rows of a metrics log. A torn last line (a kill mid-write) is dropped with
+    a warning that names the file; any other unreadable line is a ValueError."""
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a readable metrics log ({type(e).__name__}: {e})") from None
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        elif i == len(lines) - 1:
+            warnings.warn(f"{path}: dropped a torn last line (line {i + 1}), left by an interrupted write",
+                          RuntimeWarning, stacklevel=3)
+        else:
+            raise ValueError(f"{path}, line {i + 1}: not a metrics row (a JSON object with an int 'step'); "
+                             "the log is corrupt: delete the line or the file")
+    return rows
+
+
 def read_metrics(path) -> dict[str, np.ndarray]:
     """The metrics log (`DIR/metrics.jsonl` or a file) as arrays, one entry per logged step."""
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / METRICS
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _read_log(path)
     return {k: np.array([r.get(k, np.nan) for r in rows]) for k in (rows[0] if rows else {})}
 
 
 def _trim_log(path: pathlib.Path, step: int) -> list[dict]:
-    """Keep only the log lines up to `step` (lines after the last checkpoint are redone)."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Keep only the log lines up to `step` (lines after the last checkpoint are
+    redone); the log is rewritten atomically."""
+    rows = [r for r in _read_log(path) if r["step"] <= step]
+    if path.exists():
+        text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        atomic_write(path, lambda f: f.write(text))
     return rows
+
+
+def _check_writable(out: pathlib.Path) -> None:
+    """A ValueError now, before any work, if `out` cannot hold the run's files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} exists and is not a directory; pass a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ValueError(f"out={str(out)!r} is not a writable directory ({e.strerror or e}); "
+                         "pass a directory you can write to") from None
 
 
 # ---------------------------------------------------------------------------
@@ -227,10 +285,13 @@ def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=No
     config:           extra settings that fix the run (e.g. the meta learning rate);
                       stored in checkpoints and compared on resume
     """
-    if not (isinstance(steps, int) and steps >= 0):
+    if not (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 0):
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if checkpoint_every < 1 or log_every < 1:
-        raise ValueError(f"checkpoint_every and log_every must be >= 1, got {checkpoint_every}, {log_every}")
+    for name, every in (("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+        if not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
+            raise ValueError(f"{name} must be an int >= 1, got {every!r}")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"config must be a dict of the run's extra settings, got {type(config).__name__}")
     meta_optimizer = meta_optimizer or DEFAULT_META_OPTIMIZER
     mesh = particle_mesh(devices)
     n_dev = mesh.devices.size
@@ -241,13 +302,21 @@ def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=No
     key = _raw_key(jnp.asarray(key))
     k_state, key = jax.random.split(key)
     theta = jax.tree.map(jnp.asarray, theta)
+    opt_state = meta_optimizer.init(theta)
+    # everything that fixes the run, so that a resume under any other settings is refused:
+    # the estimator, unroll, learned optimizer and task family (estimator.config()), the
+    # caller's extras, θ's leaves and the meta-optimizer's state structure
     full_config = {**estimator.config(), **(config or {}),
-                   "theta": {k: list(v.shape) for k, v in _flatten(jax.eval_shape(lambda: theta)).items()}}
+                   "theta": {k: list(v.shape) for k, v in _flatten(jax.eval_shape(lambda: theta)).items()},
+                   "meta_optimizer_state": str(jax.tree.structure(opt_state))}
     full_config = json.loads(json.dumps(full_config, default=str))  # what a JSON round trip gives back
 
     out = pathlib.Path(out) if out is not None else None
     saved = None
     if out is not None:
+        _check_writable(out)
+        for name in (CHECKPOINT, METRICS, CONFIG):
+            clean_temporaries(out, name)  # litter of a run killed mid-write
         ckpt = out / CHECKPOINT
         if ckpt.exists() and not resume:
             raise ValueError(f"{ckpt} exists; pass resume=True (--resume) to continue it, or use another directory")
@@ -256,7 +325,6 @@ def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=No
             _check_config(saved_config, full_config, ckpt)  # before any compiling: fail fast
 
     start = 0
-    opt_state = meta_optimizer.init(theta)
     # on a resume only the shapes are needed: the state itself comes from the checkpoint
     est_state = init_fn(theta, k_state) if saved is None else jax.eval_shape(init_fn, theta, k_state)
     history: list[dict] = []
@@ -266,10 +334,13 @@ def meta_train(estimator, theta, steps: int, key, *, meta_optimizer=None, out=No
         restored = restore(saved, like, str(out / CHECKPOINT))
         theta, opt_state, est_state = restored["theta"], restored["meta_opt_state"], restored["estimator_state"]
         start, key = int(restored["step"]), jnp.asarray(restored["key"])
+        if not 0 <= start <= steps:
+            raise ValueError(f"{out / CHECKPOINT} is at outer step {start}, outside 0..steps={steps}; "
+                             + ("the file is corrupt" if start < 0 else f"pass steps >= {start} to continue it"))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         history = _trim_log(out / METRICS, start)
-        (out / CONFIG).write_text(json.dumps(full_config, indent=1, sort_keys=True) + "\n")
+        text = (json.dumps(full_config, indent=1, sort_keys=True) + "\n").encode()
+        atomic_write(out / CONFIG, lambda f: f.write(text))
 
     theta = jax.device_put(theta, replicated)
     opt_state = jax.device_put(opt_state, replicated)
