@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from . import data
+from .autoencoder import AutoencoderTask, autoencoder_task, digits_autoencoder, mnist1d_autoencoder
 from .base import Task, TaskFamily
 from .conv import ConvTask, cnn_task, mnist1d_cnn
 from .families import ImageFamily, RandomFamily
 from .lm import CharLMTask, char_lm
 from .mlp import MLPTask, digits_logreg, digits_mlp, mlp_task, mnist1d_mlp
 from .quadratic import QuadraticFamily, QuadraticTask, noisy_quadratic, quadratic
+from .tabular import tabular_mlp
+from .transformer import CharTransformerTask, char_transformer
 
 TASKS = {
     "quadratic": quadratic,
@@ -17,6 +20,10 @@ TASKS = {
     "mnist1d_mlp": mnist1d_mlp,
     "mnist1d_cnn": mnist1d_cnn,
     "char_lm": char_lm,
+    "char_transformer": char_transformer,
+    "tabular_mlp": tabular_mlp,
+    "digits_autoencoder": digits_autoencoder,
+    "mnist1d_autoencoder": mnist1d_autoencoder,
 }
 
 FAMILIES = {
@@ -46,4 +53,6 @@ def family(name: str, **kwargs) -> TaskFamily:
 
 __all__ = ["Task", "TaskFamily", "get", "family", "TASKS", "FAMILIES", "data", "quadratic", "noisy_quadratic",
            "digits_logreg", "digits_mlp", "mnist1d_mlp", "mnist1d_cnn", "char_lm", "mlp_task", "cnn_task",
-           "QuadraticTask", "QuadraticFamily", "MLPTask", "ConvTask", "CharLMTask", "ImageFamily", "RandomFamily"]
+           "QuadraticTask", "QuadraticFamily", "MLPTask", "ConvTask", "CharLMTask", "ImageFamily", "RandomFamily",
+           "char_transformer", "CharTransformerTask", "tabular_mlp", "autoencoder_task", "digits_autoencoder",
+           "mnist1d_autoencoder", "AutoencoderTask"]

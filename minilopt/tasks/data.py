@@ -8,6 +8,11 @@ train/test split.
 | `digits`  | scikit-learn's bundled 8×8 UCI digits (1797 images) | BSD-3 (sklearn), UCI CC BY 4.0 |
 | `mnist1d` | generated locally by the `mnist1d` package (Greydanus 2020), default arguments, seed 42 | Apache-2.0 |
 | `text`    | the dataset descriptions (`datasets/descr/*.rst`) that ship inside scikit-learn, ~43 kB of English | BSD-3 |
+| `breast_cancer` | scikit-learn's bundled Wisconsin breast-cancer table: 569 rows × 30 features, 2 classes | BSD-3 (sklearn), UCI CC BY 4.0 |
+| `wine`    | scikit-learn's bundled wine table: 178 rows × 13 chemical measurements, 3 cultivars | BSD-3 (sklearn), UCI CC BY 4.0 |
+
+Tabular features are standardised with the training split's mean and std, so no
+statistic of the test rows leaks into training.
 """
 from __future__ import annotations
 
@@ -86,7 +91,19 @@ def _text():
     return ids[:cut], empty, ids[cut:], empty, len(VOCAB)
 
 
-LOADERS = {"digits": _digits, "mnist1d": _mnist1d, "text": _text}
+def _standardised_table(loader_name: str):
+    import sklearn.datasets
+
+    d = getattr(sklearn.datasets, loader_name)()
+    x_tr, y_tr, x_te, y_te = _split(d.data.astype(np.float32), d.target.astype(np.int32), test_fraction=0.2)
+    mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
+    norm = lambda x: ((x - mean) / std).astype(np.float32)
+    return norm(x_tr), y_tr, norm(x_te), y_te, len(d.target_names)
+
+
+LOADERS = {"digits": _digits, "mnist1d": _mnist1d, "text": _text,
+           "breast_cancer": lambda: _standardised_table("load_breast_cancer"),
+           "wine": lambda: _standardised_table("load_wine")}
 
 
 @functools.lru_cache(maxsize=None)
