@@ -46,7 +46,7 @@ HORIZON_FACTOR = 4        # warn when num_steps > HORIZON_FACTOR * horizon
 
 _FIX = ("The shipped weights live in minilopt/lopt/pretrained/ (restore them with "
         "`git checkout minilopt/lopt/pretrained` or reinstall minilopt), or meta-train your own "
-        "(`minilopt meta-train configs/pretrained_mlp.json`), export them with "
+        "(`minilopt meta-train --config configs/pretrained_mlp.json`), export them with "
         "`python -m minilopt.pretrained RUN_DIR --out DIR`, "
         "and pass path=DIR.")
 
