@@ -45,8 +45,12 @@ def expect_close(what: str, expected, got, hint: str, rtol=1e-5, atol=1e-6):
 
 
 def call(fn, *args, what: str, hint: str):
-    """Call a learner's function; a NotImplementedError becomes a useful failure."""
+    """Call a learner's function; a NotImplementedError becomes a useful failure.
+
+    An unanswered exercise gets no answer hint: the hints escalate (the folded ones under
+    the cell first), and `hint` is kept for an attempt that comes back wrong."""
     try:
         return fn(*args)
     except NotImplementedError as e:
-        raise ExerciseError(f"{what}: the exercise is not answered yet ({e}). hint: {hint}") from None
+        raise ExerciseError(f"{what}: the exercise is not answered yet ({e}). hint: replace the raise with "
+                            "your code; if stuck, open the folded hints under the cell, one at a time") from None
