@@ -29,8 +29,11 @@ LAB_FLAGS := --ServerApp.root_dir="$(CURDIR)" --LabApp.news_url=None \
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks/00_lesson_map.ipynb
 
+# Two workers, one file each at a time (a notebook's cells share a kernel); the slowest files
+# start first (tests/conftest.py), in place of xdist's order by test count, so the workers
+# finish together.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(TESTS) --nbval-lax -n 2 --dist loadfile
+	$(BIN)/python -m pytest $(TESTS) --nbval-lax -n 2 --dist loadfile --no-loadscope-reorder
 
 exercises: $(STAMP)
 	$(BIN)/python -m minilopt.exercises

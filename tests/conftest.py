@@ -9,3 +9,22 @@ import jax  # noqa: E402
 # float32 matrix products everywhere (GPUs multiply float32 matrices in TF32 by default,
 # a relative error of ~5e-4, which is the hardware's rounding, not the formula's).
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+# The slowest files, measured once with `pytest --durations` on the 2-core machine (each took
+# 100-270 s there; the browser test about 120 s). `make test` passes --no-loadscope-reorder and
+# runs these first, so that no xdist worker is handed one of them at the end while the other
+# idles: xdist's default order (files with the most tests first) put exactly these last, as
+# each has few tests. The other files keep their collection order; cells of a notebook stay
+# in order (the sort is stable, and a file is one unit of work under --dist loadfile).
+SLOWEST_FIRST = (
+    "tests/test_velo_kernels.py", "tests/test_meta_estimators.py", "tests/test_browser.py",
+    "tests/test_velo_parity.py", "notebooks/07_evolution_strategies.ipynb",
+    "notebooks/08_meta_training_for_real.ipynb", "tests/test_lopt_properties.py",
+    "tests/test_meta_mixture.py", "notebooks/09_does_it_work.ipynb", "tests/test_tasks.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
