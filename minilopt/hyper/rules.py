@@ -88,9 +88,20 @@ def _concrete(x):
 
 def _check_positive(rule: str, name: str, value):
     v = _concrete(value)
-    if v is not None and not np.all(v > 0):
-        raise ValueError(f"{rule}: initial {name} must be > 0, got {v.tolist()}; "
+    if v is not None and not (np.all(v > 0) and np.all(np.isfinite(v))):
+        raise ValueError(f"{rule}: initial {name} must be finite and > 0, got {v.tolist()}; "
                          f"pass a positive {name} (e.g. {name}=0.01)")
+
+
+def check_params(params, who: str = "hyperoptimize") -> None:
+    """A ValueError unless every parameter leaf is a real floating-point array: an
+    integer or bool leaf would truncate the update, a complex one lose its imaginary part."""
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"{who}: parameter leaf {jax.tree_util.keystr(path) or '(the root)'} has dtype "
+                             f"{dtype}; the optimizer needs real floating-point parameters: convert it with "
+                             "jnp.asarray(x, jnp.float32), or keep it out of the optimized tree")
 
 
 def _check_unit(rule: str, name: str, value, allow_zero: bool = False):
@@ -175,6 +186,7 @@ def sgd(alpha=0.01, mu=0.0, *, log_alpha: bool = False) -> optax.GradientTransfo
     spec = {alpha_name: (alpha, alpha_how), **({"mu": (mu, None)} if momentum else {})}
 
     def init(params):
+        check_params(params, "sgd")
         slots = jax.tree.map(jnp.zeros_like, params) if momentum else ()
         return RuleState(_raw_init(spec, _hyper_dtype(params)), jnp.zeros((), jnp.int32), slots)
 
@@ -201,6 +213,7 @@ def sgd_per_param(alpha=0.01, *, log_alpha: bool = False) -> optax.GradientTrans
         _check_positive("sgd_per_param", "alpha", a)
 
     def init(params):
+        check_params(params, "sgd_per_param")
         dtype = _hyper_dtype(params)
         scalar = jax.tree_util.treedef_is_leaf(jax.tree.structure(alpha))
         per_leaf = jax.tree.map(lambda _: alpha, params) if scalar else alpha
@@ -230,6 +243,7 @@ def adagrad(alpha=0.01, *, eps: float = 1e-10, initial_accumulator: float = 0.1,
     alpha_name, alpha_how = _alpha(log_alpha)
 
     def init(params):
+        check_params(params, "adagrad")
         G = jax.tree.map(lambda p: jnp.zeros_like(p) + initial_accumulator, params)
         return RuleState(_raw_init({alpha_name: (alpha, alpha_how)}, _hyper_dtype(params)),
                          jnp.zeros((), jnp.int32), G)
@@ -258,6 +272,7 @@ def rmsprop(alpha=0.01, gamma=0.99, *, eps: float = 1e-8, learn_gamma: bool = Tr
         spec["atanh_gamma"] = (gamma, "atanh")
 
     def init(params):
+        check_params(params, "rmsprop")
         s = jax.tree.map(jnp.zeros_like, params)
         return RuleState(_raw_init(spec, _hyper_dtype(params)), jnp.zeros((), jnp.int32), s)
 
@@ -292,6 +307,7 @@ def adam(alpha=1e-3, beta1=0.9, beta2=0.999, *, eps: float = 1e-8, learn_betas: 
         spec.update(atanh_beta1=(beta1, "atanh"), atanh_beta2=(beta2, "atanh"))
 
     def init(params):
+        check_params(params, "adam")
         m = jax.tree.map(jnp.zeros_like, params)
         v = jax.tree.map(lambda p: jnp.zeros_like(p) + eps, params)
         return RuleState(_raw_init(spec, _hyper_dtype(params)), jnp.zeros((), jnp.int32), (m, v))
@@ -312,4 +328,5 @@ def adam(alpha=1e-3, beta1=0.9, beta2=0.999, *, eps: float = 1e-8, learn_betas: 
     return optax.GradientTransformation(init, update)
 
 
-__all__ = ["RuleState", "values", "ema", "sgd", "sgd_per_param", "adagrad", "rmsprop", "adam"]
+__all__ = ["RuleState", "check_params", "values", "ema", "sgd", "sgd_per_param", "adagrad", "rmsprop",
+           "adam"]

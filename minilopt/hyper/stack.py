@@ -42,9 +42,16 @@ tangent per leaf against one gradient).
 
 Faults: if the hypergradient or the new h is not finite, the level keeps its
 previous hyperparameters and its hyper-optimizer's state, and counts the step in
-`state.nonfinite`. NaN never reaches the weights through h. (A non-finite gradient
-at the very first step counts in forward mode, where 0 · inf is NaN; reverse mode
-masks the first hypergradient to 0 and steps on it.)
+`state.nonfinite`. NaN never reaches the weights through h. A non-finite gradient
+g_t skips the whole step, at every level:
+
+    ok = all(isfinite(g_t)),   Δ_t = where(ok, U(g_t, s_t; h_t), 0),   s_{t+1} = where(ok, s_t', s_t)
+
+so the weights and the inner state (but for h, which the rule above already kept
+unless it stepped on a zero hypergradient), the stored inputs or tangents stay as
+they were, and the step counts in `state.skipped`. No non-finite value reaches the
+weights. Parameters must be real floating point, and gradients must have the
+parameters' tree and shapes: anything else is a ValueError that names the leaf.
 
 One hyper-step size per hyperparameter: use a per-leaf SGD level,
 `stack(rules.adam(), rules.sgd_per_param({"alpha": 1e-5, "atanh_beta1": 1e-3, "atanh_beta2": 1e-3}))`.
@@ -64,12 +71,12 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ..sums import row_sums
-from .rules import RuleState, values
+from .rules import RuleState, check_params, values
 
 
 @functools.partial(jax.tree_util.register_dataclass, meta_fields=["learned"],
                    data_fields=["inner", "by", "prev_grads", "prev_inner", "prev_params", "tangents", "valid",
-                                "hypergrad", "nonfinite"])
+                                "hypergrad", "nonfinite", "skipped"])
 @dataclasses.dataclass(frozen=True)
 class HyperState:
     inner: Any             # the inner state; its .hyperparams are those used at the last step
@@ -86,6 +93,7 @@ class HyperState:
                            # dict with `hypergrads(state)`. One vector, because XLA (GPU) stored each
                            # scalar sliced out of it with a device-to-device copy (3 us a step at k=3)
     nonfinite: jax.Array   # steps whose hypergradient was not finite and were skipped (int32)
+    skipped: jax.Array     # steps whose gradient was not finite: no update, the state kept (int32)
     learned: tuple         # static: the names of the learned hyperparameters, h's keys
 
 
@@ -132,6 +140,21 @@ def _reads_params(inner, params, state) -> bool:
         return False
     except Exception:  # optax raises a ValueError when an update needs params it was not given
         return True
+
+
+def check_grads(grads, like, who: str = "hyperoptimize") -> None:
+    """A ValueError unless `grads` has `like`'s tree structure and leaf shapes (checked
+    when tracing: it costs nothing at run time). A (3, 1) gradient for a (3,)
+    parameter would otherwise broadcast into a wrong (3, 3) update."""
+    if jax.tree.structure(grads) != jax.tree.structure(like):
+        raise ValueError(f"{who}: the gradients have tree structure {jax.tree.structure(grads)}, but the "
+                         f"parameters have {jax.tree.structure(like)}; pass gradients of the same tree "
+                         "(e.g. jax.grad(loss)(params))")
+    for (path, g), p in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(like)):
+        if np.shape(g) != np.shape(p) or not jnp.issubdtype(jnp.result_type(g), jnp.floating):
+            raise ValueError(f"{who}: gradient leaf {jax.tree_util.keystr(path) or '(the root)'} has shape "
+                             f"{np.shape(g)} and dtype {jnp.result_type(g)}; its parameter has shape "
+                             f"{np.shape(p)}: pass a real floating-point gradient of the parameter's shape")
 
 
 def _all_finite(tree) -> jax.Array:
@@ -244,6 +267,7 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
         return updates, new_inner, tuple(tangents)
 
     def init(params):
+        check_params(params)
         inner_state = inner.init(params)
         h = learned(inner_state)
         reads_params = _reads_params(inner, params, inner_state)
@@ -268,12 +292,15 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
             valid=None if forward else jnp.zeros((), bool),
             hypergrad=jnp.zeros_like(ravel_pytree(h)[0]),
             nonfinite=jnp.zeros((), jnp.int32),
+            skipped=jnp.zeros((), jnp.int32),
             learned=tuple(h),
         )
 
     def update(grads, state, params=None, **extra_args):
         h = learned(state.inner)
         forward = state.tangents is not None
+        check_grads(grads, state.tangents[0] if forward else state.prev_grads)
+        grads_ok = _all_finite(grads)  # else the step is skipped: nothing non-finite reaches the weights
 
         # 1. the hypergradient: g_t pulled back through the previous update, in h only
         if forward:  # ⟨g_t, ∂U_{t−1}/∂h_j⟩ from the stored tangents
@@ -308,18 +335,25 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
         tangents = None
         if forward:
             updates, inner_state, tangents = update_and_tangents(grads, state.inner, new_h, params, extra_args)
+            tangents = _select(grads_ok, tangents, state.tangents)
         else:
             updates, inner_state = inner.update(grads, inner_in, params, **extra_args)
+        # a non-finite gradient: no update, and the state as before (one where per leaf,
+        # fused into the pass that computes it)
+        updates = jax.tree.map(lambda u: jnp.where(grads_ok, u, jnp.zeros((), u.dtype)), updates)
+        inner_state = _select(grads_ok, inner_state, inner_in)
+        keep = lambda new, old: None if forward else _select(grads_ok, new, old)
         return updates, HyperState(
             inner=inner_state,
             by=by_state,
-            prev_grads=None if forward else grads,
-            prev_inner=None if forward else inner_in,
-            prev_params=None if state.prev_params is None else params,
+            prev_grads=keep(grads, state.prev_grads),
+            prev_inner=keep(inner_in, state.prev_inner),
+            prev_params=None if state.prev_params is None else _select(grads_ok, params, state.prev_params),
             tangents=tangents,
-            valid=None if forward else jnp.ones((), bool),
+            valid=None if forward else state.valid | grads_ok,
             hypergrad=raveled,
             nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
+            skipped=state.skipped + (~grads_ok).astype(jnp.int32),
             learned=state.learned,
         )
 
