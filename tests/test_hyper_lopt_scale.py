@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from minilopt import hyper, tasks, train
+from minilopt import hyper, tasks
 from minilopt.lopt.mlp import MLPLOpt
 
 PARAMS = {"a": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.array(0.3, jnp.bfloat16)}

@@ -9,7 +9,6 @@
   reduce_on_plateau cuts the step for a flat loss and keeps it for a falling one;
 - bad input: an optimizer that needs value= gets a synthetic loss, with a note and a warning.
 """
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
