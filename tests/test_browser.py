@@ -1,8 +1,9 @@
 """The course in a real browser: JupyterLab served from the repository, driven by
 headless Chromium through Selenium, as a learner would use it.
 
-Three notebooks are opened by URL and run with JupyterLab's own "Run All":
-the lesson map, one exercise notebook and the lesson with a widget. A run is
+Three notebooks are opened and run with JupyterLab's own "Run All": the lesson
+map (by URL), one exercise notebook (by clicking the lesson map's link to it) and
+the lesson with a widget (by URL). A run is
 read back from the notebook model in the page: every code cell executed, and no
 error output, except that an exercise notebook stops at its first blank, which
 must raise the exercise's NotImplementedError (or its checker's "not answered yet")
@@ -145,10 +146,12 @@ def _wait(predicate, deadline, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _open_and_run_all(driver, lab, path, deadline):
-    """Open `path`, wait for its kernel, Run All, and return the code cells once it settles."""
+def _open_and_run_all(driver, lab, path, deadline, by_url=True):
+    """Open `path` (by URL, or wait for a click to have opened it), wait for its kernel,
+    Run All, and return the code cells once it settles."""
     base, token = lab
-    driver.get(f"{base}/lab/tree/{path}?token={token}")
+    if by_url:
+        driver.get(f"{base}/lab/tree/{path}?token={token}")
 
     def ready():
         try:
@@ -187,8 +190,13 @@ def test_lessons_and_an_exercise_run_in_chromium(lab, browser):
     assert _errors(cells) == [], f"{LESSON_MAP}: error output in the browser: {_errors(cells)}"
     assert all(n is not None for n, _ in cells), f"{LESSON_MAP}: a cell did not run"
 
-    # The exercise notebook runs up to its first blank, and that blank raises the exercise's hint.
-    cells = _open_and_run_all(browser, lab, EXERCISE, deadline)
+    # The lesson map's relative link reaches the exercise notebook (the server's root is the
+    # repository), which runs up to its first blank, and that blank raises the exercise's error.
+    # JupyterLab resolves ../exercises/... against the notebook to /files/exercises/...?_xsrf=...
+    link = browser.find_element(By.CSS_SELECTOR, f".jp-RenderedMarkdown a[href*='/files/{EXERCISE}?']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", link)
+    link.click()
+    cells = _open_and_run_all(browser, lab, EXERCISE, deadline, by_url=False)
     errors = _errors(cells)
     assert errors, f"{EXERCISE}: no exercise blank raised; is exercises/ generated from solutions/?"
     first_cell, ename, evalue = errors[0]
