@@ -73,6 +73,16 @@ def test_transformer_shapes_and_untrained_loss_is_log_vocab():
     assert abs(float(loss) - np.log(VOCAB)) < 0.01
 
 
+def test_layer_norm_standardises_rows_and_ignores_shift_and_scale():
+    from minilopt.tasks.transformer import layer_norm, layer_norm_init
+
+    x = jax.random.normal(KEY, (5, 16)) * 4 + 2
+    y = layer_norm(layer_norm_init(16), x, eps=0.0)
+    np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=-1), 1, rtol=1e-5)
+    np.testing.assert_allclose(layer_norm(layer_norm_init(16), 3 * x - 7, eps=0.0), y, atol=1e-5)
+
+
 def test_transformer_is_causal():
     """Changing the character at position 10 changes the predictions at 10 and later,
     never those before it."""

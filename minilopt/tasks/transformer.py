@@ -47,8 +47,8 @@ def causal_self_attention(params: dict, x, heads: int):
     q, k, v = (t.reshape(b, s, heads, e // heads) for t in jnp.split(nn.linear(params["qkv"], x), 3, axis=-1))
     scores = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(e // heads)
     past = jnp.tril(jnp.ones((s, s), bool))
-    # The smallest float, not −inf: softmax gives exactly 0 to the future, and no
-    # inf − inf can appear in the backward pass.
+    # The smallest float rather than −inf: the future still gets weight exactly 0, and
+    # a row with nothing visible would give a uniform row instead of NaN.
     scores = jnp.where(past, scores, jnp.finfo(scores.dtype).min)
     mixed = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), v)
     return nn.linear(params["out"], mixed.reshape(b, s, e))
