@@ -15,8 +15,8 @@ Memory: the optimizer state's bytes, and the extra bytes each level adds, also i
 units of one parameter-sized copy.
 
 If a Python with PyTorch and the released `gradient_descent_the_ultimate_optimizer`
-package is found (--gdtuo-python, default /tmp/gdtuo-venv/bin/python; see
-tests/tools/make_gdtuo_reference.py to make one), the same MLP, batch and stacks are
+package is given (--gdtuo-python PATH; see tests/tools/make_gdtuo_reference.py to make
+one; never a default path, so that no file someone left in /tmp is run), the same MLP, batch and stacks are
 timed there too, in a subprocess, with the package's own training loop and the same
 statistic: the mean step of a block of steps (minilopt's blocks in --quick), best of 3
 blocks. Its fastest single step is recorded too (an extreme order statistic: a ratio
@@ -242,8 +242,10 @@ GDTUO_SCRIPT = textwrap.dedent("""
 
 
 def time_gdtuo(python, width, batch, steps, repeats):
-    if not python or not pathlib.Path(python).exists():
-        return {"skipped": f"no Python with PyTorch and gdtuo at {python!r}"}
+    if python is None:
+        return {"skipped": "no --gdtuo-python given"}
+    if not pathlib.Path(python).is_file():
+        raise SystemExit(f"--gdtuo-python {python!r}: no such file; pass a Python with PyTorch and gdtuo")
     proc = subprocess.run([python, "-c", GDTUO_SCRIPT, str(width), str(batch), str(steps), str(repeats),
                            json.dumps([0, 1, 2, 3]), json.dumps(KAPPA)],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -257,7 +259,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="batch 64, fewer steps (CPU)")
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 256 2048; quick: 64)")
-    ap.add_argument("--gdtuo-python", default="/tmp/gdtuo-venv/bin/python")
+    ap.add_argument("--gdtuo-python", default=None,
+                    help="a Python with PyTorch and gdtuo, e.g. /tmp/gdtuo-venv/bin/python (default: skip gdtuo)")
     ap.add_argument("--compiles", type=int, default=None,
                     help="fresh processes to time in, median reported (default 3; quick: 1, in this process)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -14,7 +14,7 @@ The weights live in `minilopt/lopt/pretrained/` as two files:
                    ...}                               # anything else: the recipe, a note, the run
     theta.npz     θ, written by `minilopt.lopt.checkpoint.save`
 
-`save(directory, theta, ...)` writes both; `python -m minilopt.pretrained RUN_DIR`
+`save(directory, theta, ...)` writes both; `python -m minilopt.pretrained RUN_DIR --out DIR`
 exports θ from a `minilopt meta-train` run (its recipe is read from the run).
 
 Like VeLO, the optimizer knows where it is in training (t / num_steps), and it was
@@ -222,9 +222,14 @@ def main(argv=None) -> None:
     ap.add_argument("run_dir", help="the meta-training output directory (holds checkpoint.npz)")
     ap.add_argument("--recipe", help="the recipe JSON the run was made with (optional: the run's checkpoint "
                                      "already records it; given, it must agree)")
-    ap.add_argument("--out", default=str(DEFAULT_DIR), help=f"where to write (default {DEFAULT_DIR})")
+    ap.add_argument("--out", required=True,
+                    help=f"the directory to write (required: the shipped weights in {DEFAULT_DIR} are never "
+                         "overwritten by default)")
     args = ap.parse_args(argv)
-    path = export_run(args.run_dir, args.recipe, args.out)
+    try:
+        path = export_run(args.run_dir, args.recipe, args.out)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        ap.error(str(e))  # exit code 2 with the message, no traceback
     print(f"wrote {path} and {path.parent / THETA}")
 
 

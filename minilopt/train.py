@@ -82,12 +82,16 @@ def _all_finite(tree):
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 def _eval_schedule(steps: int, eval_every: int | None) -> list[int]:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not (_is_int(steps) and steps >= 1):
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if eval_every is not None and not (_is_int(eval_every) and eval_every >= 1):
+        raise ValueError(f"eval_every must be an int >= 1 (or None: every steps // 10), got {eval_every!r}")
     every = eval_every or max(1, steps // 10)
-    if every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     return [min(every, steps - s) for s in range(0, steps, every)]  # chunk lengths
 
 
@@ -172,9 +176,13 @@ def lr_sweep(task: Task, make_optimizer: Callable[[Any], Any], learning_rates: S
 
     `make_optimizer(lr)` must accept a traced scalar, as every optax optimizer does:
     `lr_sweep(task, optax.adam, np.logspace(-4, 0, 9), 500, key)`."""
-    lrs = np.asarray(learning_rates, dtype=np.float32)
-    if lrs.ndim != 1 or len(lrs) < 1 or not np.all(lrs > 0):
-        raise ValueError(f"learning_rates must be a non-empty 1-D list of positive numbers, got {learning_rates!r}")
+    try:
+        lrs = np.asarray(learning_rates, dtype=np.float32)
+    except (TypeError, ValueError):
+        lrs = np.zeros((0,))
+    if lrs.ndim != 1 or len(lrs) < 1 or not np.all(lrs > 0) or not np.all(np.isfinite(lrs)):
+        raise ValueError(f"learning_rates must be a non-empty 1-D list of finite positive numbers, "
+                         f"got {learning_rates!r}")
     k_init, k_run = jax.random.split(key)
     params = task.init(k_init)
     check_params(params)

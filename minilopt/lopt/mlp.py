@@ -52,16 +52,18 @@ def clean_gradient(g, bound: float = GRAD_CLIP):
 
 
 def check_num_steps(num_steps) -> None:
-    """A ValueError unless `num_steps` (the training horizon T) is a positive number.
-    A traced value cannot be checked and is let through."""
-    try:
-        horizon = float(num_steps)
-    except jax.errors.ConcretizationTypeError:
-        return
-    except (TypeError, ValueError):
-        horizon = float("nan")
-    if not (np.isfinite(horizon) and horizon > 0):
-        raise ValueError(f"num_steps (the training horizon T) must be a positive number, got {num_steps!r}; "
+    """A ValueError unless `num_steps` (the training horizon T) is a positive int
+    (Python or numpy, not bool; a string, a bool or 2.5 is refused). A traced integer
+    array cannot be checked for its value and is let through."""
+    if isinstance(num_steps, jax.core.Tracer):
+        if jnp.issubdtype(num_steps.dtype, jnp.integer) and num_steps.shape == ():
+            return
+        ok = False
+    else:
+        ok = (isinstance(num_steps, (int, np.integer)) and not isinstance(num_steps, (bool, np.bool_))
+              and num_steps > 0)
+    if not ok:
+        raise ValueError(f"num_steps (the training horizon T) must be a positive int, got {num_steps!r}; "
                          "pass the number of steps you will train for, e.g. optimizer(theta, num_steps=1000)")
 
 
