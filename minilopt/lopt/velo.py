@@ -14,6 +14,8 @@ the reference updates. One update, in order:
 7. per parameter, the MLP 30 → 4 → 4 → 3 reads 30 normalised channels and gives
    direction d and magnitude μ:
        p ← p − lr_mult · d · exp(0.001·μ) · 0.001 · sqrt(mean(p²) + 1e-9)
+   with |d · exp(0.001·μ)| clipped at 1000 (`bounded_step`: inactive for trained
+   weights, it keeps an untrained θ's updates finite).
 8. t ← t + 1.
 
 Speed. Per tensor the update makes three kinds of pass over memory: the row and
@@ -467,6 +469,24 @@ def mlp_weights(w0, w, lr_mult, mean_sq, full):
             lr_mult * 0.001 * param_scale)
 
 
+STEP_BOUND = 1e3        # the most |d · exp(0.001·μ)| can be: see `bounded_step`
+MU_MAX = 80_000.0       # exp(0.001 · MU_MAX) < float32's largest number
+
+
+def bounded_step(d, mu):
+    """The step's shape, bounded for any finite input:
+
+        b(d, μ) = clip(d · exp(0.001 · min(μ, MU_MAX)), −STEP_BOUND, STEP_BOUND)
+
+    so |Δ| ≤ STEP_BOUND · |lr_mult| · 0.001 · sqrt(mean(p²) + 1e-9): at most STEP_BOUND
+    (1000) times the nominal step, whatever the gradients. Trained weights make
+    |d · exp(0.001μ)| of order 1, where the bound is inactive and b is the reference's
+    d · exp(0.001μ). An untrained θ (`init_theta`) can give |d| and μ in the
+    thousands for an outlier gradient, where the unbounded product reaches 1e30 and
+    then inf. min(μ, MU_MAX) keeps the exponential finite, so d = 0 gives 0, not 0 · inf."""
+    return jnp.clip(d * jnp.exp(0.001 * jnp.minimum(mu, MU_MAX)), -STEP_BOUND, STEP_BOUND)
+
+
 def mlp_pass(p, g, m, rms, fac, small, after=None, select=None):
     """The fused pass of `tensor_step`, given its small arrays (`pass_weights`).
     `select(small)`, when given, picks this tensor's share out of arrays that several
@@ -480,7 +500,7 @@ def mlp_pass(p, g, m, rms, fac, small, after=None, select=None):
     h = _dense([channels[k] for k in full], w0, bias)
     h = _dense([jax.nn.relu(x) for x in h], w1, b1)
     d, mu = _dense([jax.nn.relu(x) for x in h], w2, b2)
-    return scale * d * jnp.exp(0.001 * mu), m, rms
+    return scale * bounded_step(d, mu), m, rms
 
 
 # ---------------------------------------------------------------------------
@@ -596,7 +616,7 @@ def packed_step(x, layout: Packing, mean_sq, w: dict, lr_mult):
     h = _dense(chans, w0, b0)
     h = _dense([jax.nn.relu(v) for v in h], w1, b1)
     d, mu = _dense([jax.nn.relu(v) for v in h], w2, b2)
-    delta = scale * d * jnp.exp(0.001 * mu)
+    delta = scale * bounded_step(d, mu)
     return unpack(delta, layout), list(zip(*[unpack(mi, layout) for mi in m])), unpack(rms, layout)
 
 
