@@ -86,3 +86,14 @@ def test_hyper_overhead_runs_no_default_gdtuo_python():
     assert bench.time_gdtuo(None, 8, 4, 1, 1) == {"skipped": "no --gdtuo-python given"}
     with pytest.raises(SystemExit, match="no such file"):
         bench.time_gdtuo("/nonexistent/python", 8, 4, 1, 1)
+
+
+@pytest.mark.parametrize("horizon, truncation, advice", [(10, 20, "Use horizon 20, or truncation 10"),
+                                                        (30, 20, "Use horizon 20 or 40, or truncation")])
+def test_horizon_advice_names_distinct_horizons(horizon, truncation, advice):
+    """It once read "Use horizon 20 or 20"."""
+    from minilopt.lopt.hand import LearnableSGD
+    from minilopt.meta.unroll import TruncatedUnroll
+
+    with pytest.raises(ValueError, match=advice):
+        TruncatedUnroll(LearnableSGD(0.1), tasks.QuadraticFamily(dim=2), horizon, truncation)

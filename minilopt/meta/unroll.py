@@ -129,7 +129,7 @@ class TruncatedUnroll:
             near = min(divisors, key=lambda k: abs(k - truncation))
             raise ValueError(
                 f"horizon {horizon} is not a multiple of truncation {truncation}: resets must fall on truncation "
-                f"boundaries. Use horizon {lo if lo else hi} or {hi}, or truncation {near}.")
+                f"boundaries. Use horizon {f'{lo} or {hi}' if lo else hi}, or truncation {near}.")
         if not clip > 0:
             raise ValueError(f"clip must be > 0, got {clip}")
         check_family(family, split)
