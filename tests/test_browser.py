@@ -217,12 +217,14 @@ def test_lessons_and_an_exercise_run_in_chromium(lab, browser):
                   deadline, "the explorer widget to render")[0]
     handles = notebook.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle")
     assert handles, "the explorer rendered without its sliders"
+    readout = notebook.find_elements(By.CSS_SELECTOR, ".widget-slider .widget-readout")[0]
     _wait(lambda: image.get_attribute("src"), deadline, "the explorer's first frame")
-    first = image.get_attribute("src")
+    first, value = image.get_attribute("src"), readout.text
 
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", handles[0])
     handles[0].click()
     handles[0].send_keys(Keys.ARROW_RIGHT)
+    _wait(lambda: readout.text != value, deadline, f"the slider to move from {value}")
     _wait(lambda: image.get_attribute("src") != first, deadline, "the image to change after moving a slider")
     cells = json.loads(browser.execute_script(CELLS_JS))["cells"]
     assert _errors(cells) == [], f"moving the slider raised: {_errors(cells)}"
