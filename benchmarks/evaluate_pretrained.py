@@ -1,25 +1,25 @@
-"""The shipped learned optimizer against LR-tuned Adam on the held-out suite (VeLO-style).
+"""The shipped learned optimizers against LR-tuned Adam on the held-out suite.
 
-    python benchmarks/evaluate_pretrained.py                      # full suite (24 tasks), GPU: a few minutes
-    python benchmarks/evaluate_pretrained.py --quick              # 4 tasks, 300 steps, CPU
-    python benchmarks/evaluate_pretrained.py --weights DIR        # other weights (config.json + theta.npz)
-    python benchmarks/evaluate_pretrained.py --run RUN            # θ straight from a meta-training run
-    python benchmarks/evaluate_pretrained.py --untrained          # MLPLOpt at its init (normalised momentum)
-    python benchmarks/evaluate_pretrained.py --shard 0/2 ; ... --shard 1/2 ; ... --merge 2
-                                                                  # split over calls with a time limit
+    python benchmarks/evaluate_pretrained.py                  # every shipped optimizer, full suite (30 tasks)
+    python benchmarks/evaluate_pretrained.py --quick          # 4 tasks at 300 steps, for a CPU
+    python benchmarks/evaluate_pretrained.py --names velo     # some of them
+    python benchmarks/evaluate_pretrained.py --weights DIR    # other weights (config.json + theta.npz)
+    python benchmarks/evaluate_pretrained.py --resume         # keep the tasks already in the results files,
+                                                              # run the rest (split a run over time-limited calls)
 
-Writes results/evaluate_<name>[_quick].json, a CDF plot (.png), a grid of loss
-curves (_curves.png) and the markdown table (.md). The measure is stated in
-`minilopt.evaluate` and copied into the JSON.
+The measure and both baselines (tuned Adam at a constant rate, and with warmup +
+cosine decay) are those of `minilopt.evaluate`; one Adam sweep per task serves every
+optimizer. Results are written after every task: results/evaluate_<name>[_quick].json,
+a CDF plot (.png), loss curves (_curves.png), the per-task table (.md), and
+results/evaluate_pretrained[_quick].md, the summary of all. Exits 1 if a shipped
+optimizer diverged on any task.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import pathlib
-import re
 import sys
-import tempfile
 import time
 
 import jax
@@ -28,92 +28,94 @@ import matplotlib
 matplotlib.use("Agg")
 
 from minilopt import evaluate as E  # noqa: E402
-from minilopt.lopt import MLPLOpt  # noqa: E402
-from minilopt.pretrained import export_run, load  # noqa: E402
 
 from _common import RESULTS, device_info  # noqa: E402
 
+P = importlib.import_module("minilopt.pretrained")   # the module: the package re-exports its function
 
-def optimizer_factory(args):
-    """(factory(num_steps) -> optax transform, name, trained horizon, description, recipe or None)."""
-    if args.untrained:
-        lopt = MLPLOpt()
-        theta = lopt.init(jax.random.key(0))
-        return (lambda T: lopt.optimizer(theta, T)), "untrained_mlp", 1000, \
-            "MLPLOpt at its initialisation (per-tensor normalised momentum), NOT meta-trained", None
-    if args.run:
-        weights = load(export_run(args.run, args.recipe, tempfile.mkdtemp()).parent)
-        name, what = pathlib.Path(args.run).name, f"theta from meta-training run {args.run}"
-    else:
-        weights = load(args.weights)
-        name = "pretrained" if args.weights is None else pathlib.Path(args.weights).stem
-        what = f"{weights.config['lopt']}{weights.config['kwargs']} weights from {args.weights or 'the shipped files'}"
-    return ((lambda T: weights.lopt.optimizer(weights.theta, T)), name, weights.horizon, what,
-            weights.config.get("recipe"))
+
+def candidates(args) -> dict:
+    """{name: Pretrained} of the optimizers to evaluate."""
+    if args.weights:
+        return {pathlib.Path(args.weights).name: P.load(args.weights)}
+    return {name: P.load(P.weights_dir(name)) for name in (args.names or P.NAMES)}
+
+
+def write_outputs(results, stem):
+    E.save_results(results, stem.with_suffix(".json"))
+    stem.with_suffix(".md").write_text(
+        f"# {results['optimizer']}\n\n{results['description']}\n\n{results['measure']}\n\n"
+        f"Reproduce: `{results['command']}`\n\n{E.speedup_table(results)}")
+    E.plot_cdf(results).figure.savefig(stem.with_suffix(".png"), dpi=80, bbox_inches="tight")
+    E.plot_task_curves(results, ncols=6).savefig(f"{stem}_curves.png", dpi=60, bbox_inches="tight")
+    matplotlib.pyplot.close("all")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 tasks at 300 steps, for a CPU")
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--weights", help="a pretrained directory or config.json (default: the shipped weights)")
-    src.add_argument("--run", help="a meta-training output directory (with --recipe)")
-    src.add_argument("--untrained", action="store_true", help="MLPLOpt at init, for comparison")
-    ap.add_argument("--recipe", help="the recipe JSON of --run (optional: the run records its own)")
-    ap.add_argument("--name", help="results are written as evaluate_<name>[_quick].*")
-    ap.add_argument("--steps", type=int, help="step budget (default: the trained horizon; --quick: 300)")
+    ap.add_argument("--names", nargs="+", choices=P.NAMES, help="shipped optimizers to evaluate (default: all)")
+    ap.add_argument("--weights", help="other weights: a directory with config.json and theta.npz")
+    ap.add_argument("--tasks", nargs="+", help="only these suite tasks (by name)")
+    ap.add_argument("--resume", action="store_true", help="keep tasks already in the results files")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--shard", help="I/N: evaluate every N-th task from the I-th (0-based) and write a shard file; "
-                                    "for machines with a per-command time limit")
-    ap.add_argument("--merge", type=int, metavar="N", help="combine the N shard files into the final results")
     args = ap.parse_args()
 
-    factory, name, horizon, what, recipe = optimizer_factory(args)
-    name = args.name or name
-    steps = args.steps or (300 if args.quick else horizon)
-    in_family = E.meta_training_families(recipe)
-    suite = E.suite(steps, quick=args.quick, in_family=in_family)
-    families = [f if isinstance(f, str) else f.name for f in in_family]
-    stem = RESULTS / f"evaluate_{name}{'_quick' if args.quick else ''}"
-    shard_file = lambda i, n: RESULTS / f"{stem.name}.shard{i}of{n}.json"
-    if args.merge:
-        shards = [E.load_results(shard_file(i, args.merge)) for i in range(args.merge)]
-        order = {e.name: k for k, e in enumerate(suite)}
-        rows = sorted((r for sh in shards for r in sh["tasks"]), key=lambda r: order.get(r["name"], len(order)))
-        missing = sorted(set(order) - {r["name"] for r in rows})
-        if missing:
-            raise SystemExit(f"the shards lack {missing}; run those shards again")
-        results = {**shards[0], "tasks": rows, "summary": E.summary(rows),
-                   "seconds": sum(sh["seconds"] for sh in shards), "command": re.sub(r" --shard[ =]\S+", "", shards[0]["command"])}
-        write_outputs(results, stem, what, steps, horizon)
-        return
-    if args.shard:
-        i, n = (int(x) for x in args.shard.split("/"))
-        suite = suite[i::n]
-    print(f"{what}\nmeta-training families {families}\n{len(suite)} tasks, budget {steps} steps "
-          f"(trained horizon {horizon}), on {jax.devices()[0]}")
-    t0 = time.perf_counter()
-    results = E.evaluate(factory, suite, jax.random.key(args.seed), name=name)
-    results.update(description=what, trained_horizon=horizon, budget=steps, seed=args.seed, in_family=families,
-                   seconds=time.perf_counter() - t0, device=device_info(),
-                   command="python benchmarks/evaluate_pretrained.py " + " ".join(sys.argv[1:]))
-    if args.shard:
-        E.save_results(results, shard_file(i, n))
-        print(f"{results['seconds']:.0f} s; wrote {shard_file(i, n)}; when all {n} are done: --merge {n}")
-        return
-    write_outputs(results, stem, what, steps, horizon)
+    opts = candidates(args)
+    horizons = {w.horizon for w in opts.values()}
+    if len(horizons) != 1:
+        raise SystemExit(f"these optimizers were meta-trained for different horizons {horizons}: evaluate apart")
+    steps = 300 if args.quick else horizons.pop()
+    suite = E.suite(steps, quick=args.quick, in_family=("random",))
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - {e.name for e in suite})
+        if unknown:
+            raise SystemExit(f"no suite tasks named {unknown}; the suite has {[e.name for e in suite]}")
+        suite = [e for e in suite if e.name in args.tasks]
+    suffix = "_quick" if args.quick else ""
+    stems = {name: RESULTS / f"evaluate_{name}{suffix}" for name in opts}
+    rows = {name: [] for name in opts}
+    if args.resume:     # keep the finished tasks of this suite, labelled as this suite labels them
+        group = {e.name: e.group for e in suite}
+        for name, stem in stems.items():
+            if stem.with_suffix(".json").exists():
+                rows[name] = [{**r, "group": group[r["name"]]} for r in
+                              E.load_results(stem.with_suffix(".json"))["tasks"] if r["name"] in group]
+    command = "python benchmarks/evaluate_pretrained.py " + " ".join(sys.argv[1:])
+    key, t0 = jax.random.key(args.seed), time.perf_counter()
+    print(f"{len(suite)} tasks, budget {steps} steps, {list(opts)}, on {jax.devices()[0]}", flush=True)
+    for entry in suite:
+        todo = [n for n in opts if entry.name not in {r["name"] for r in rows[n]}]
+        if not todo:
+            continue
+        baselines = E.adam_baselines(entry, key)
+        for name in todo:
+            w = opts[name]
+            row = E.evaluate_task(lambda T, w=w: w.lopt.optimizer(w.theta, T), entry, key, baselines=baselines)
+            rows[name].append(row)
+            print(f"{name:10s} {entry.name:36s} {entry.group:13s} {row['speedup']:5.2f}x (cosine "
+                  f"{row['cosine']['speedup']:5.2f}x)  loss {row['lopt']['final_train']} vs tuned Adam "
+                  f"{row['adam']['final_train']}  {time.perf_counter() - t0:.0f} s", flush=True)
+            order = {e.name: i for i, e in enumerate(suite)}
+            ordered = sorted(rows[name], key=lambda r: order.get(r["name"], len(order)))
+            write_outputs({"optimizer": name, "description": f"{w.config['lopt']} {w.config['kwargs']}, "
+                           f"meta-trained for {w.horizon} steps", "measure": E.MEASURE, "budget": steps,
+                           "adam_learning_rates": list(E.ADAM_LRS), "backend": jax.default_backend(),
+                           "device": device_info(), "command": command, "tasks": ordered,
+                           "summary": E.summary(ordered), "summary_cosine": E.summary(ordered, "cosine")},
+                          stems[name])
+    lines = [f"# The shipped learned optimizers against tuned Adam\n\nReproduce: `{command}`\n\n{E.MEASURE}\n"]
+    diverged = []
+    for name, stem in stems.items():
+        results = E.load_results(stem.with_suffix(".json"))
+        lines.append(f"## {name} ({len(results['tasks'])} tasks)\n\n{E.summary_table(results)}")
+        diverged += [f"{name}: {r['name']}" for r in results["tasks"] if r["speedup"] == 0]
+    (RESULTS / f"evaluate_pretrained{suffix}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    if diverged:
+        print(f"DIVERGED: {diverged}", file=sys.stderr)
+        raise SystemExit(1)
 
-
-def write_outputs(results, stem, what, steps, horizon):
-    E.save_results(results, stem.with_suffix(".json"))
-    table = E.speedup_table(results)
-    stem.with_suffix(".md").write_text(f"# {what}\n\nbudget {steps} steps, trained horizon {horizon}; "
-                                       f"{results['measure']}\n\nReproduce: `{results['command']}`\n\n{table}")
-    E.plot_cdf(results).figure.savefig(stem.with_suffix(".png"), dpi=80, bbox_inches="tight")
-    E.plot_task_curves(results, ncols=6).savefig(f"{stem}_curves.png", dpi=60, bbox_inches="tight")
-    print(table)
-    print(json.dumps(results["summary"], indent=1))
-    print(f"{results['seconds']:.0f} s of evaluation; wrote {stem}.json, .md, .png, _curves.png")
 
 if __name__ == "__main__":
     main()

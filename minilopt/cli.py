@@ -17,21 +17,7 @@ import json
 import pathlib
 import sys
 
-LOPTS = ("mlp", "sgd", "adam")
-
-
-def make_lopt(name: str, kwargs: dict | None = None):
-    """A learned optimizer by name: the per-parameter MLP, or a learnable SGD/Adam."""
-    kwargs = kwargs or {}
-    if name == "mlp":
-        from .lopt.mlp import MLPLOpt
-        return MLPLOpt(**kwargs)
-    from .lopt.hand import LearnableAdam, LearnableSGD
-    if name == "sgd":
-        return LearnableSGD(**kwargs)
-    if name == "adam":
-        return LearnableAdam(**kwargs)
-    raise ValueError(f"unknown lopt {name!r}; choose one of {LOPTS}")
+from .lopt.registry import LOPTS, make as make_lopt   # the one registry of learned optimizers
 
 
 def make_family(name: str, kwargs: dict | None = None, seed: int = 0):
@@ -75,6 +61,34 @@ def plot_meta_loss(history: dict, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def warm_start(path, like):
+    """θ to start a new run from: exported weights (a directory with config.json, as
+    `python -m minilopt.pretrained` writes) or a meta-training run (its checkpoint.npz).
+    It must have the structure of `like`. A warm start is a NEW run: the outer step,
+    the meta-optimizer's state and the particles all start afresh (use --resume to
+    continue a run exactly)."""
+    import importlib
+
+    from .meta import trainer
+
+    weights = importlib.import_module("minilopt.pretrained")   # the module, not the function it exports
+
+    path = pathlib.Path(path)
+    if not (path / trainer.CHECKPOINT).is_file() and (path / weights.CONFIG).is_file():
+        theta = weights.load(path).theta
+        if jax_structure(theta) != jax_structure(like):
+            raise ValueError(f"--init-theta {path} holds weights of another learned optimizer or size "
+                             f"({weights.load(path).config['lopt']} {weights.load(path).config['kwargs']}); "
+                             "pass weights of the --lopt and --lopt-args you meta-train")
+        return theta
+    return trainer.load_theta(path / trainer.CHECKPOINT if path.is_dir() else path, like)
+
+
+def jax_structure(tree):
+    import jax
+    return jax.tree.structure(tree), [getattr(x, "shape", ()) for x in jax.tree.leaves(tree)]
+
+
 def meta_train_command(args) -> dict:
     import jax
     import optax
@@ -90,15 +104,19 @@ def meta_train_command(args) -> dict:
     # each with its share of the particles; a Mixture averages their meta-gradients.
     families = [make_family(args.family, args.family_args, args.seed + i) for i in range(args.structures)]
     parts = [estimators.make(args.estimator, TruncatedUnroll(lopt, f, args.horizon, args.truncation,
-                                                             clip=args.loss_clip),
+                                                             clip=args.loss_clip, log_loss=args.log_loss),
                              args.particles // args.structures, args.sigma) for f in families]
     estimator = parts[0] if len(parts) == 1 else Mixture(parts)
     meta_opt = optax.chain(optax.clip_by_global_norm(args.clip_grad), optax.adam(args.lr))
     config = {"cli": {"lopt": args.lopt, "lopt_args": args.lopt_args, "family": args.family,
                       "family_args": args.family_args, "seed": args.seed, "lr": args.lr, "clip_grad": args.clip_grad,
-                      "structures": args.structures}}
+                      "structures": args.structures, "log_loss": args.log_loss}}
     key = jax.random.PRNGKey(args.seed)
-    result = trainer.meta_train(estimator, lopt.init(jax.random.fold_in(key, 1)), args.steps, key,
+    theta = lopt.init(jax.random.fold_in(key, 1))
+    if args.init_theta:
+        theta = warm_start(args.init_theta, theta)
+        config["cli"]["init_theta"] = args.init_theta
+    result = trainer.meta_train(estimator, theta, args.steps, key,
                                 meta_optimizer=meta_opt, out=args.out, checkpoint_every=args.checkpoint_every,
                                 resume=args.resume, progress=not args.quiet, config=config)
     out = pathlib.Path(args.out)
@@ -128,7 +146,7 @@ def evaluate_command(args) -> dict:
     cli = config.get("cli", {})
     lopt_name = args.lopt or cli.get("lopt")
     if lopt_name is None:
-        raise ValueError(f"{ckpt} does not say which learned optimizer it holds; pass --lopt {{{','.join(LOPTS)}}}")
+        raise ValueError(f"{ckpt} does not say which learned optimizer it holds; pass --lopt {{{','.join(sorted(LOPTS))}}}")
     lopt = make_lopt(lopt_name, cli.get("lopt_args") if args.lopt in (None, cli.get("lopt")) else None)
     theta = trainer.load_theta(ckpt, lopt.init(jax.random.PRNGKey(0)))
     steps = args.steps or int(config["horizon"])
@@ -183,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("meta-train", help="meta-train a learned optimizer on a task family")
-    m.add_argument("--lopt", choices=LOPTS, default="mlp")
+    m.add_argument("--lopt", choices=sorted(LOPTS), default="mlp")
     m.add_argument("--lopt-args", type=_json_arg, default={}, help="JSON keyword arguments of the lopt")
     m.add_argument("--family", default="digits_mlp", help="a name from minilopt.tasks.FAMILIES")
     m.add_argument("--family-args", type=_json_arg, default={}, help='e.g. \'{"hidden": [32], "batch_size": 64}\'')
@@ -193,6 +211,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--truncation", type=int, default=20, help="inner steps per truncation (K); T must be a multiple of K")
     m.add_argument("--sigma", type=float, default=0.01, help="ES perturbation scale")
     m.add_argument("--loss-clip", type=float, default=2.0, help="clip of the normalised per-step meta-loss")
+    m.add_argument("--log-loss", action="store_true",
+                   help="meta-loss = log of the normalised loss (weighs the end of training as much as the start)")
     m.add_argument("--steps", type=int, default=500, help="outer steps (in total, counting resumed ones)")
     m.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate of the meta-optimizer")
     m.add_argument("--clip-grad", type=float, default=1.0, help="global-norm clip of the meta-gradient")
@@ -204,6 +224,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a JSON recipe whose keys are these options (dashes as underscores); flags given here win")
     m.add_argument("--out", default=None, help="output directory (required, here or in --config)")
     m.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    m.add_argument("--init-theta", default=None,
+                   help="start a new run from these weights (exported weights or a run directory)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p.meta_train = m  # parse() sets a recipe's values as this sub-command's defaults
@@ -211,7 +233,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("theta", help="a meta-training directory or its checkpoint.npz")
     e.add_argument("--family", default="digits_mlp")
     e.add_argument("--family-args", type=_json_arg, default={})
-    e.add_argument("--lopt", choices=LOPTS, default=None, help="override the lopt named in the checkpoint")
+    e.add_argument("--lopt", choices=sorted(LOPTS), default=None, help="override the lopt named in the checkpoint")
     e.add_argument("--steps", type=int, default=None, help="inner steps (default: the meta-training horizon)")
     e.add_argument("--tasks", type=int, default=3, help="held-out tasks to evaluate on")
     e.add_argument("--num-lrs", type=int, default=9, help="Adam learning rates in the sweep, 1e-4 to 1")

@@ -1,12 +1,13 @@
-"""The learned optimizer that ships with minilopt, with no hyperparameter but `num_steps`.
+"""The learned optimizers that ship with minilopt, with no hyperparameter but `num_steps`.
 
-    opt = minilopt.pretrained(num_steps=1000)          # an optax GradientTransformationExtraArgs
+    opt = minilopt.pretrained(num_steps=1000)          # the default: an optax GradientTransformationExtraArgs
+    opt = minilopt.pretrained("velo", 1000)            # one by name: "mlp", "scheduled", "velo"
     result = train.fit(task, opt, 1000, key)           # use the same num_steps you train for
 
-The weights live in `minilopt/lopt/pretrained/` as two files:
+Each one lives in `minilopt/lopt/pretrained/NAME/` as two files, with its model card:
 
     config.json   {"format": "minilopt-pretrained/1",
-                   "lopt": "MLPLOpt",                 # a class of minilopt.lopt
+                   "lopt": "mlp",                     # a name of minilopt.lopt.registry
                    "kwargs": {"hidden": [32], ...},   # its constructor arguments
                    "horizon": 1000,                   # the num_steps T it was meta-trained with
                    "theta": "theta.npz",              # file name, relative to config.json
@@ -36,12 +37,15 @@ import jax
 import numpy as np
 import optax
 
-from .lopt import LSTMLOpt, MLPLOpt, VeLO, checkpoint
+from .lopt import checkpoint, registry
 
 FORMAT = "minilopt-pretrained/1"
-DEFAULT_DIR = pathlib.Path(__file__).resolve().parent / "lopt" / "pretrained"
+WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "lopt" / "pretrained"
+NAMES = ("mlp", "scheduled", "velo")   # the shipped weights, one folder each
+DEFAULT_NAME = "mlp"                   # what pretrained(num_steps) gives
+DEFAULT_DIR = WEIGHTS_DIR / DEFAULT_NAME
 CONFIG, THETA = "config.json", "theta.npz"
-LOPTS = {"MLPLOpt": MLPLOpt, "LSTMLOpt": LSTMLOpt, "VeLO": VeLO}
+LOPTS = registry.LOPTS     # "lopt" in config.json: a registry name ("mlp", "velo", ...) or a class name
 HORIZON_FACTOR = 4        # warn when num_steps > HORIZON_FACTOR * horizon
 
 _FIX = ("The shipped weights live in minilopt/lopt/pretrained/ (restore them with "
@@ -82,8 +86,10 @@ def _read_config(file: pathlib.Path) -> dict:
     if config["format"] != FORMAT:
         raise ValueError(f"{file}: format {config['format']!r}, expected {FORMAT!r}; "
                          "it was written by another version of minilopt")
-    if config["lopt"] not in LOPTS:
-        raise ValueError(f"{file}: unknown lopt {config['lopt']!r}; choose one of {sorted(LOPTS)}")
+    try:
+        registry.canonical(config["lopt"])
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
     if not isinstance(config["kwargs"], dict):
         raise ValueError(f"{file}: kwargs must be a JSON object of constructor arguments")
     if not (isinstance(config["horizon"], int) and config["horizon"] > 0):
@@ -98,8 +104,8 @@ def load(path=None) -> Pretrained:
     file = _config_path(path)
     config = _read_config(file)
     try:
-        lopt = LOPTS[config["lopt"]](**config["kwargs"])
-    except (TypeError, ValueError) as e:
+        lopt = registry.make(config["lopt"], config["kwargs"])
+    except ValueError as e:
         raise ValueError(f"{file}: cannot build {config['lopt']}(**{config['kwargs']}): {e}") from None
     name = config["theta"]
     if not (isinstance(name, str) and name not in ("", ".", "..") and pathlib.PurePath(name).name == name
@@ -114,7 +120,7 @@ def load(path=None) -> Pretrained:
     try:
         theta = checkpoint.load(theta_file, like=lopt.init(jax.random.PRNGKey(0)))
     except ValueError as e:
-        raise ValueError(f"{theta_file} does not hold weights for {config['lopt']}(**{config['kwargs']}): "
+        raise ValueError(f"{theta_file} does not hold weights for {type(lopt).__name__}(**{config['kwargs']}): "
                          f"{e}. {_FIX}") from None
     for p, leaf in jax.tree_util.tree_leaves_with_path(theta):
         if not np.all(np.isfinite(leaf)):
@@ -138,11 +144,29 @@ def check_horizon(num_steps, horizon: int, stacklevel: int = 3) -> None:
             RuntimeWarning, stacklevel=stacklevel)
 
 
-def pretrained(num_steps: int, *, path=None) -> optax.GradientTransformationExtraArgs:
-    """The shipped learned optimizer for a run of `num_steps` steps (an optax
-    transformation: `update(grads, state, params, value=loss)`). `path` loads
-    other weights in the same format (see the module docstring)."""
-    weights = load(path)
+def weights_dir(name: str) -> pathlib.Path:
+    """The folder of the shipped weights called `name`; a ValueError lists the names."""
+    if name not in NAMES:
+        raise ValueError(f"no shipped learned optimizer is called {name!r}; the names are {list(NAMES)} "
+                         f"(pretrained(num_steps) gives {DEFAULT_NAME!r})")
+    return WEIGHTS_DIR / name
+
+
+def pretrained(name=None, num_steps=None, *, path=None) -> optax.GradientTransformationExtraArgs:
+    """A shipped learned optimizer for a run of `num_steps` steps (an optax
+    transformation: `update(grads, state, params, value=loss)`).
+
+    `pretrained(1000)` gives the default one, `pretrained("velo", 1000)` one by name
+    (see NAMES); `path` loads other weights in the same format instead (see the
+    module docstring)."""
+    if num_steps is None:                 # pretrained(num_steps)
+        if name is None or isinstance(name, str):
+            raise ValueError(f"num_steps (the number of steps you will train for) must be a positive int, got "
+                             f"{name!r}: call pretrained(1000), or pretrained('velo', 1000) for one of {list(NAMES)}")
+        name, num_steps = None, name
+    if name is not None and path is not None:
+        raise ValueError(f"pass a name ({name!r}) or a path ({path}), not both")
+    weights = load(weights_dir(name) if name is not None else path)
     check_horizon(num_steps, weights.horizon)
     return weights.lopt.optimizer(weights.theta, num_steps)
 
@@ -153,8 +177,7 @@ def save(directory, theta, *, lopt: str, kwargs: dict, horizon: int, **info) -> 
     The weights are loaded back and checked before this returns."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if lopt not in LOPTS:
-        raise ValueError(f"unknown lopt {lopt!r}; choose one of {sorted(LOPTS)}")
+    lopt = registry.canonical(lopt)
     checkpoint.save(directory / THETA, jax.device_get(theta))
     config = {"format": FORMAT, "lopt": lopt, "kwargs": kwargs, "horizon": int(horizon), "theta": THETA,
               "sha256": _sha256(directory / THETA), **info}
@@ -202,14 +225,14 @@ def export_run(run_dir, recipe=None, out=DEFAULT_DIR) -> pathlib.Path:
             raise ValueError(f"{recipe_file} disagrees with the run {run_dir}: "
                              + ", ".join(f"{k}: recipe {a!r}, run {b!r}" for k, (a, b) in clash.items()))
         spec = {**given, **spec}
-    names = {"mlp": "MLPLOpt", "lstm": "LSTMLOpt", "velo": "VeLO"}
-    name = names.get(spec.get("lopt"), spec.get("lopt"))
-    if name not in LOPTS:
-        raise ValueError(f"unknown lopt {spec.get('lopt')!r} in the recipe of {run_dir}; use one of {sorted(names)}")
+    try:
+        name = registry.canonical(spec.get("lopt"))
+    except ValueError as e:
+        raise ValueError(f"the recipe of {run_dir}: {e}") from None
     if not isinstance(spec.get("horizon"), int):
         raise ValueError(f"the recipe of {run_dir} needs an int 'horizon' (the meta-training num_steps)")
     kwargs = spec.get("lopt_args") or {}
-    lopt = LOPTS[name](**kwargs)
+    lopt = registry.make(name, kwargs)
     theta = load_theta(run_dir, like=lopt.init(jax.random.PRNGKey(0)))
     return save(out, theta, lopt=name, kwargs=kwargs, horizon=spec["horizon"], recipe=spec,
                 run=str(pathlib.Path(run_dir)))

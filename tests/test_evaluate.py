@@ -51,22 +51,53 @@ def test_learned_optimizer_reaching_a_known_loss_at_a_known_step():
     adam = 1.0 / t
     lopt = np.where(t < 100, 1.0, 1e-4)
     m = E.speedup(adam, lopt)
-    # L* = Adam's final loss, the mean of 1/t over its last 100 steps; 1/t decreases, so Adam first gets
-    # there at its last step. The learned optimizer's first window of only 1e-4s ends at step 199.
+    # it ends lower, so it is timed to tuned Adam's final loss (the mean of 1/t over Adam's last 100 steps);
+    # its first window of only 1e-4s ends at step 199. Adam, which ends worse, is charged all T steps.
     assert m.target_loss == pytest.approx(np.mean(1.0 / np.arange(901, 1001)), rel=1e-12)
     assert (m.steps_adam, m.steps_lopt) == (T, 199)
     assert m.speedup == pytest.approx(T / 199)
-    assert not m.lower_bound
+    assert not m.lower_bound and not m.upper_bound
     assert m.final_lopt == pytest.approx(1e-4) and w == E.default_window(T)
 
 
-def test_piecewise_constant_curves_give_the_exact_step_ratio():
-    # both drop from 1 to 0.5, Adam at step 600, the learned optimizer at step 200: equal final losses,
-    # and their first all-0.5 windows of 100 steps end at steps 700 and 300.
-    t = np.arange(1, 1001)
-    m = E.speedup(np.where(t <= 600, 1.0, 0.5), np.where(t <= 200, 1.0, 0.5))
-    assert (m.steps_adam, m.steps_lopt, m.target_loss) == (700, 300, 0.5)
-    assert m.speedup == pytest.approx(7 / 3)
+def test_reaching_adams_final_loss_at_a_quarter_of_the_budget_scores_four():
+    # both settle at 0.5; the learned optimizer's first all-0.5 window ends at T/4, Adam's only at T
+    T, w = 1000, 100
+    t = np.arange(1, T + 1)
+    adam = np.where(t <= T - w, 1.0, 0.5) + 1e-9          # a hair above: the learned one ends lower
+    lopt = np.where(t <= T // 4 - w, 1.0, 0.5)
+    m = E.speedup(adam, lopt)
+    assert m.steps_lopt == T // 4 and m.speedup == pytest.approx(4.0)
+    # "within the smoothing window": the drop moved by up to half a window either way keeps the score
+    # between T / (T/4 + w/2) and T / (T/4 - w/2)
+    for shift in (-w // 2, w // 2):
+        got = E.speedup(adam, np.where(t <= T // 4 - w + shift, 1.0, 0.5)).speedup
+        assert got == pytest.approx(T / (T // 4 + shift))
+        assert T / (T / 4 + w / 2) <= got <= T / (T / 4 - w / 2)
+
+
+def test_a_learned_optimizer_that_plateaus_above_adam_scores_below_one():
+    # the stalled case the old rule got wrong: the learned optimizer drops fast, then sits at 1e-2,
+    # while tuned Adam keeps going down to 1e-4. Charging the worse optimizer all T steps gives < 1.
+    T = 1000
+    t = np.arange(1, T + 1)
+    lopt = np.where(t <= 50, 1.0, 1e-2)
+    adam = np.maximum(1.0 / t, 1e-4)
+    m = E.speedup(adam, lopt)
+    assert m.final_lopt > m.final_adam and m.steps_lopt == T
+    assert m.steps_adam == brute_force_reach(adam, 100, m.final_lopt)
+    assert m.speedup == pytest.approx(m.steps_adam / T) and m.speedup < 1
+    # what the old rule (each optimizer's first hit of the worse final loss) would have said: a win
+    s_adam, s_lopt = E.smooth(adam, 100), E.smooth(lopt, 100)
+    old = E.steps_to_reach(s_adam, m.final_lopt) / E.steps_to_reach(s_lopt, m.final_lopt)
+    assert old > 1
+
+
+def test_equal_curves_score_one():
+    noisy = 1.0 / np.arange(1, 301) * (1 + 0.3 * np.random.default_rng(1).uniform(-1, 1, 300))
+    for curve in (np.full(300, 0.7), 1.0 / np.arange(1, 301), noisy):
+        m = E.speedup(curve, curve.copy())
+        assert m.speedup == 1.0 and not m.lower_bound and not m.upper_bound
 
 
 def test_a_learned_optimizer_that_ends_worse_gets_a_speedup_below_one():
@@ -81,28 +112,28 @@ def test_a_learned_optimizer_that_ends_worse_gets_a_speedup_below_one():
     assert m.speedup == pytest.approx(m.steps_adam / T) and m.speedup < 0.6
 
 
-def test_lower_bounds_and_divergence():
-    t = np.arange(1, 201)
+def test_both_bounds_are_flagged_and_divergence_scores_zero():
+    T, w = 200, 20
+    t = np.arange(1, T + 1)
     adam = 1.0 / t
-    # already at its final loss in the first full window: the true speedup may be larger
-    m = E.speedup(adam, np.full(200, 1e-3))
-    assert m.steps_lopt == 20 and m.lower_bound and m.speedup == pytest.approx(200 / 20)
-    # Adam already at the (poor) final loss of the learned optimizer in its first window: at most w / n_lopt
+    # already below tuned Adam's final loss in the first full window: T/w, a lower bound
+    m = E.speedup(adam, np.full(T, 1e-3))
+    assert m.steps_lopt == w and m.lower_bound and not m.upper_bound and m.speedup == pytest.approx(T / w)
+    # Adam already at the (poor) final loss of the learned optimizer in its first window: w/T, an upper bound
     m = E.speedup(adam, np.where(t <= 50, 1.0, 0.9))
-    assert (m.steps_adam, m.steps_lopt) == (20, 70) and m.upper_bound and not m.lower_bound
-    assert m.speedup == pytest.approx(20 / 70)
-    # both already there at the first window: unresolved, 1.0 with both flags
-    m = E.speedup(adam, np.full(200, 5.0))
-    assert (m.steps_adam, m.steps_lopt, m.speedup, m.lower_bound, m.upper_bound) == (20, 20, 1.0, True, True)
-    # a diverged learned optimizer: speedup 0
-    lopt = 1.0 / t
+    assert (m.steps_adam, m.steps_lopt) == (w, T) and m.upper_bound and not m.lower_bound
+    assert m.speedup == pytest.approx(w / T)
+    # a diverged learned optimizer: speedup 0, whatever it did before
+    lopt = 1e-6 / t
     lopt[150:] = np.nan
     assert E.speedup(adam, lopt).speedup == 0.0
-    # every Adam rate diverged: T / n_lopt, flagged
+    lopt[150:] = np.inf
+    assert E.speedup(adam, lopt).speedup == 0.0
+    # every Adam rate diverged: T / w, flagged
     adam_nan = adam.copy()
     adam_nan[10:] = np.nan
     m = E.speedup(adam_nan, 1.0 / t)
-    assert m.lower_bound and m.speedup == pytest.approx(200 / 200)
+    assert m.lower_bound and m.speedup == pytest.approx(T / w)
     with pytest.raises(ValueError, match="same length"):
         E.speedup(adam, adam[:-1])
     with pytest.raises(ValueError, match="window"):
@@ -114,24 +145,38 @@ curves = st.lists(st.floats(0.01, 10.0), min_size=30, max_size=60)
 
 @settings(max_examples=40, deadline=None)
 @given(curves, st.floats(0.1, 10.0), st.integers(0, 2 ** 31 - 1))
-def test_speedup_is_scale_free_and_swapping_inverts_it(a, scale, seed):
+def test_speedup_is_scale_free_bounded_and_agrees_with_the_final_losses(a, scale, seed):
     a = np.asarray(a)
     b = np.random.default_rng(seed).permutation(a) * np.random.default_rng(seed).uniform(0.5, 1.5)
     m = E.speedup(a, b)
-    # the rule only compares the two curves with each other, so a common scale changes nothing ...
+    T, w = len(a), E.default_window(len(a))
+    # the rule only compares the two curves with each other, so a common scale changes nothing
     assert E.speedup(scale * a, scale * b).speedup == pytest.approx(m.speedup)
-    # ... and L* = max(L_a, L_b) is symmetric, so swapping the roles gives the reciprocal
-    assert E.speedup(b, a).speedup * m.speedup == pytest.approx(1.0)
-    # n_X really is the first full window at or below L*
-    w = E.default_window(len(a))
-    assert m.steps_adam == brute_force_reach(a, w, m.target_loss)
-    assert m.steps_lopt == brute_force_reach(b, w, m.target_loss)
+    # it stays in [w/T, T/w]; above 1 only if the learned optimizer ends lower, below 1 only if Adam does
+    assert w / T - 1e-12 <= m.speedup <= T / w + 1e-12
+    assert m.speedup <= 1 or m.final_lopt < m.final_adam
+    assert m.speedup >= 1 or m.final_lopt > m.final_adam
+    # the count of the optimizer that ends better is its first full window at or below the other's final loss
+    if m.final_lopt < m.final_adam:
+        assert m.steps_adam == T and m.steps_lopt == brute_force_reach(b, w, m.final_adam)
+    elif m.final_lopt > m.final_adam:
+        assert m.steps_lopt == T and m.steps_adam == brute_force_reach(a, w, m.final_lopt)
+
+
+def test_the_interquartile_mean_on_known_values():
+    assert E.iqm([1, 2, 3, 4]) == pytest.approx(2.5)               # the middle two
+    assert E.iqm([0, 1, 2, 3, 4, 5, 6, 100]) == pytest.approx(3.5)  # the outlier is cut
+    # n = 5: the middle 2.5 values are 1.5..3.5 -> half of 1, all of 2, half of 3 ... weights 0.25/1/0.25? no:
+    # value i covers [i, i+1); the kept range is [1.25, 3.75): weights 0.75, 1, 0.75 on the values 1, 2, 3
+    assert E.iqm([0, 1, 2, 3, 40]) == pytest.approx((0.75 * 1 + 2 + 0.75 * 3) / 2.5)
+    assert E.iqm([7.0]) == 7.0 and E.iqm([]) is None
 
 
 def test_summary_fractions_and_cdf_on_known_speedups():
     s = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0]
-    got = E.summarize(s)
-    assert got == {"tasks": 7, "faster_than_1x": 5 / 7, "at_least_2x": 4 / 7, "at_least_4x": 2 / 7, "median": 2.0}
+    got = E.summarize(s + [0.0])
+    assert got == {"tasks": 8, "faster_than_1x": 5 / 8, "at_least_2x": 4 / 8, "at_least_4x": 2 / 8, "median": 1.75,
+                   "iqm": pytest.approx(np.mean([1.0, 1.5, 2.0, 3.0])), "diverged": 1}
     x, y = E.cdf_points([4.0, 0.5, 2.0, 1.0])
     np.testing.assert_array_equal(x, [0.5, 1.0, 2.0, 4.0])
     np.testing.assert_allclose(y, [1.0, 0.75, 0.5, 0.25])   # fraction of tasks at least x fast
@@ -246,13 +291,17 @@ def test_results_are_complete_serialisable_and_consistent(small_run, tmp_path):
     loaded = E.load_results(path)
     assert loaded == json.loads(json.dumps(results))
     for r in loaded["tasks"]:
-        assert {"speedup", "lopt", "adam", "adam_default", "curves", "group", "steps"} <= set(r)
+        assert {"speedup", "lopt", "adam", "adam_default", "curves", "group", "steps", "cosine", "adam_cosine",
+                "final_loss_ratio_log10", "eval_loss_ratio_log10"} <= set(r)
+        # the ratio is what it says: log10 of the learned over tuned Adam's final training loss
+        assert r["final_loss_ratio_log10"] == pytest.approx(np.log10(r["lopt"]["final_train"] / r["adam"]["final_train"]))
+        assert len(r["curves"]["adam_cosine"]) == len(r["curves"]["step"])
         assert r["lopt"]["final_eval"] is not None and r["adam"]["final_eval"] is not None
         assert len(r["curves"]["step"]) == len(r["curves"]["lopt"]) == len(r["curves"]["adam"])
-    assert loaded["summary"]["all"]["tasks"] == 2
+    assert loaded["summary"]["all"]["tasks"] == 2 and loaded["summary_cosine"]["all"]["tasks"] == 2
     assert loaded["summary"]["in-family"]["median"] == loaded["tasks"][1]["speedup"]
     table = E.speedup_table(loaded)
-    assert all(e.name in table for e in entries) and "median speedup" in table
+    assert all(e.name in table for e in entries) and "| median | IQM | diverged |" in table
     assert E.plot_cdf(loaded) is not None and E.plot_task_curves(loaded, ncols=2) is not None
     # tuned Adam against itself is a speedup of 1 (same curves up to vmap-vs-loop rounding)
     best_lr = loaded["tasks"][1]["adam"]["lr"]
@@ -349,7 +398,7 @@ def test_missing_or_corrupt_weights_name_the_file_and_the_fix(weights, tmp_path)
     with pytest.raises(ValueError, match=r"does not hold weights for MLPLOpt.*shape"):
         P.load(path)
     rewrite(lopt="Bogus")
-    with pytest.raises(ValueError, match="unknown lopt 'Bogus'"):
+    with pytest.raises(ValueError, match="unknown learned optimizer 'Bogus'.*'velo'"):
         P.load(path)
     (path / "config.json").write_text("{oops")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -412,3 +461,42 @@ def test_the_shipped_weights_load_and_train():
     run = train.fit(task, P.pretrained(weights.horizon), weights.horizon, jax.random.key(0),
                     eval_every=weights.horizon)
     assert run.stopped_at is None and run.train_loss[-20:].mean() < 0.5 * run.train_loss[:20].mean()
+
+
+def test_the_cosine_baseline_warms_up_then_decays_to_zero():
+    # Adam's step on a constant gradient is lr * schedule(t) after bias correction: read the schedule off it
+    steps = 200
+    opt = E.adam_with_schedule("cosine", steps)(0.5)
+    params = {"x": np.zeros(1, np.float32)}
+    state, sizes = opt.init(params), []
+    for _ in range(steps):
+        updates, state = opt.update({"x": np.ones(1, np.float32)}, state, params)
+        sizes.append(-float(updates["x"][0]))
+    sizes = np.asarray(sizes)
+    warmup = 10                                                 # 5% of 200
+    np.testing.assert_allclose(sizes[:warmup], 0.5 * np.arange(warmup) / warmup, rtol=1e-4, atol=1e-7)
+    t = np.arange(warmup, steps) - warmup
+    np.testing.assert_allclose(sizes[warmup:], 0.5 * 0.5 * (1 + np.cos(np.pi * t / (steps - warmup))), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="schedule"):
+        E.adam_with_schedule("linear", steps)
+
+
+def test_every_shipped_optimizer_loads_by_name_and_trains():
+    task = tasks.digits_mlp(hidden=(32,), batch_size=64)
+    params = task.init(jax.random.key(1))
+    grads = jax.grad(task.loss)(params, task.batch(jax.random.key(2)))
+    for name in P.NAMES:
+        weights = P.load(P.weights_dir(name))
+        assert weights.config["lopt"] in (name, type(weights.lopt).__name__) or name == "mlp"
+        run = train.fit(task, P.pretrained(name, 200), 200, jax.random.key(0), eval_every=200)
+        assert run.stopped_at is None and run.train_loss[-20:].mean() < 0.5 * run.train_loss[:20].mean(), name
+    # the default is the one named DEFAULT_NAME: the same updates
+    a, b = P.pretrained(100), P.pretrained(P.DEFAULT_NAME, 100)
+    ua, _ = a.update(grads, a.init(params), params, value=1.0)
+    ub, _ = b.update(grads, b.init(params), params, value=1.0)
+    for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match=r"no shipped learned optimizer is called 'adam'; the names are \['mlp'"):
+        P.pretrained("adam", 100)
+    with pytest.raises(ValueError, match="a name .* or a path"):
+        P.pretrained("velo", 100, path=P.DEFAULT_DIR)

@@ -123,6 +123,33 @@ def init_theta(key, hidden: int = 512, mixtures: int = 256) -> dict:
     return jax.tree.unflatten(treedef, out)
 
 
+def adam_like_theta(key, hidden: int, mixtures: int, lr_mult: float = 10.0) -> dict:
+    """A theta that starts meta-training from a stable optimizer, not from noise:
+
+        Δ = lr_mult · 0.001 · sqrt(mean(p²)) · n(m_0.9 · rsqrt(rms))
+
+    n(·) normalises over the tensor: a per-tensor normalised Adam direction whose
+    step is a fixed fraction of the tensor's scale. It is built from `init_theta`:
+    every control is 1 (`rnn_to_controls`: w = 0, b = 1) and `lr_mult` is constant
+    (`step_size`: w = 0, b = lr_mult), so the LSTM starts silent; every one of the
+    P MLPs is W*/100 plus noise 1000x smaller than `init_theta`'s, where W* passes
+    the channel through two ReLU pairs (d = relu(x) − relu(−x) = x, μ = 0). A random
+    theta instead makes updates of random sign and size, and training diverges.
+    """
+    theta = init_theta(key, hidden, mixtures)
+    quiet = jax.tree.map(lambda x: 1e-3 * x, theta["ff_mod_stack"]["~"])
+    group = [name for name, _ in MLP_GROUPS].index("m_rsqrt_rms")
+    w0 = quiet[f"w0__{group}"].at[:, 0, 0].add(0.01).at[:, 0, 1].add(-0.01)   # units 0, 1 = ±x
+    w1 = quiet["w1"].at[:, 0, 0].add(0.01).at[:, 1, 1].add(0.01)
+    w2 = quiet["w2"].at[:, 0, 0].add(0.01).at[:, 1, 0].add(-0.01)             # d = unit 0 − unit 1
+    theta["ff_mod_stack"]["~"] = {**quiet, f"w0__{group}": w0, "w1": w1, "w2": w2}
+    rnn = dict(theta["rnn_params"])
+    rnn["rnn_to_controls"] = {"w": jnp.zeros((hidden, mixtures)), "b": jnp.ones((mixtures,))}
+    rnn["step_size"] = {"w": jnp.zeros((hidden, 1)), "b": jnp.full((1,), float(lr_mult))}
+    theta["rnn_params"] = rnn
+    return theta
+
+
 def theta_config(theta) -> tuple[int, int]:
     """`(hidden, mixtures)` read off a theta's shapes."""
     return int(theta["lstm_init_state"]["hidden"].shape[-1]), int(
@@ -879,8 +906,15 @@ class VeLO:
     mixtures: int = 256
     legacy_loss_features: bool = False
     carry_lstm_state: bool = True
+    start: str = "random"      # what `init` returns: "random" (init_theta) or "adam" (adam_like_theta)
+
+    def __post_init__(self):
+        if self.start not in ("random", "adam"):
+            raise ValueError(f"VeLO(start={self.start!r}): use 'random' or 'adam'")
 
     def init(self, key) -> dict:
+        if self.start == "adam":
+            return adam_like_theta(key, self.hidden, self.mixtures)
         return init_theta(key, self.hidden, self.mixtures)
 
     def optimizer(self, theta, num_steps: int) -> optax.GradientTransformationExtraArgs:

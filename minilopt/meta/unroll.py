@@ -21,6 +21,12 @@ steps where `mask` is true:
     m_t = min(loss_t / loss_0, clip)     (normalise=True; loss_0 = loss at the episode's init)
     m_t = clip                           if loss_t is NaN or inf
 
+With `log_loss=True` the per-step meta-loss is the log of that ratio instead,
+max(log(min(loss_t / loss_0, clip)), LOG_FLOOR). A ratio weighs the early, large
+losses most: an optimizer that falls fast and then stalls scores well. The log
+weighs every decade of progress the same, so the end of training, where tuned Adam
+keeps going down, counts as much as the start.
+
 `mask` is false on the first step of an episode: that loss is measured on freshly
 initialised parameters, before any update, so θ cannot change it.
 
@@ -41,6 +47,9 @@ import numpy as np
 import optax
 
 from ..tasks import Task, TaskFamily
+
+
+LOG_FLOOR = -18.0   # log(1.5e-8): losses below this fraction of the first count the same
 
 
 class InnerState(NamedTuple):
@@ -114,10 +123,11 @@ class TruncatedUnroll:
     clip:       upper bound of a per-step meta-loss (NaN counts as `clip`)
     stagger:    start runs at random whole-truncation offsets (see the module doc)
     split:      which split of the family to sample ("train" or "heldout")
+    log_loss:   the per-step meta-loss is the log of the (normalised, clipped) loss
     """
 
     def __init__(self, lopt, family: TaskFamily | Task, horizon: int, truncation: int, *, normalise: bool = True,
-                 clip: float = 2.0, stagger: bool = True, split: str = "train"):
+                 clip: float = 2.0, stagger: bool = True, split: str = "train", log_loss: bool = False):
         if isinstance(family, Task):
             family = FixedFamily(family)
         if not (isinstance(horizon, (int, np.integer)) and isinstance(truncation, (int, np.integer))
@@ -135,6 +145,7 @@ class TruncatedUnroll:
         check_family(family, split)
         self.lopt, self.family, self.horizon, self.truncation = lopt, family, int(horizon), int(truncation)
         self.normalise, self.clip, self.stagger, self.split = normalise, float(clip), stagger, split
+        self.log_loss = bool(log_loss)
 
     @property
     def truncations_per_episode(self) -> int:
@@ -144,7 +155,7 @@ class TruncatedUnroll:
         """What fixes the meaning of a meta-training run (checkpoints compare it)."""
         return {"lopt": repr(self.lopt), "family": self.family.name, "horizon": self.horizon,
                 "truncation": self.truncation, "normalise": self.normalise, "clip": self.clip,
-                "stagger": self.stagger, "split": self.split}
+                "stagger": self.stagger, "split": self.split, "log_loss": self.log_loss}
 
     def optimizer(self, theta):
         return self.lopt.optimizer(theta, self.horizon)
@@ -170,7 +181,8 @@ class TruncatedUnroll:
 
     def meta_losses(self, loss, init_loss):
         m = loss / init_loss if self.normalise else loss
-        return jnp.where(jnp.isfinite(m), jnp.minimum(m, self.clip), self.clip)
+        m = jnp.where(jnp.isfinite(m), jnp.minimum(m, self.clip), self.clip)
+        return jnp.maximum(jnp.log(jnp.maximum(m, 1e-30)), LOG_FLOOR) if self.log_loss else m
 
     def inner_step(self, theta, state: InnerState):
         """One training step of one run: (new state, raw loss, mask)."""
