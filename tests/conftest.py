@@ -22,6 +22,7 @@ SLOWEST_FIRST = (
     "tests/test_velo_parity.py", "notebooks/07_evolution_strategies.ipynb",
     "notebooks/08_meta_training_for_real.ipynb", "tests/test_lopt_properties.py",
     "tests/test_meta_mixture.py", "notebooks/09_does_it_work.ipynb", "tests/test_tasks.py",
+    "solutions/12_capstone.ipynb",  # about 60-90 s, and last in collection order otherwise
 )
 
 
