@@ -1,11 +1,12 @@
-"""Throughput of PES meta-training of the per-parameter MLP learned optimizer.
+"""Throughput of PES meta-training of the shipped learned-optimizer architectures.
 
 The workload of the learned_optimization tutorials: PES on 8×8-digits MLP tasks,
 truncation K = 50, the meta-optimizer Adam. One outer step = one truncation of
 K inner steps for each of the 2·P runs (P antithetic pairs, one task per pair),
 then one meta-update, all in one jitted call (`minilopt.meta.trainer.make_outer_step`).
 
-Reported, for P = 16 … 1024 pairs:
+Measured for the per-parameter MLP (`MLPLOpt`), `ScheduledLOpt` and VeLO at the
+size this project meta-trains (H=32, P=16, started as Adam). Reported, for P = 16 … 1024 pairs:
 - outer steps per second;
 - inner steps × runs per second (2·P·K per outer step; both runs of a pair count);
 - the ratio against a baseline timed in the same process: the same unrolls (same
@@ -38,6 +39,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from minilopt import tasks  # noqa: E402
 from minilopt.lopt.hand import LearnableAdam  # noqa: E402
 from minilopt.lopt.mlp import MLPLOpt  # noqa: E402
+from minilopt.lopt.scheduled import ScheduledLOpt  # noqa: E402
+from minilopt.lopt.velo import VeLO  # noqa: E402
 from minilopt.meta import estimators, trainer  # noqa: E402
 from minilopt.meta.unroll import TruncatedUnroll  # noqa: E402
 
@@ -86,20 +89,22 @@ def main():
     devices = jax.devices()
     one = devices[:1]
     mlp, adam = MLPLOpt(), LearnableAdam()
+    lopts = {"mlp": mlp, "scheduled": ScheduledLOpt(), "velo": VeLO(hidden=32, mixtures=16, start="adam")}
     t_start = time.perf_counter()
 
     rows = []
     for p in pairs:
-        r = measure(mlp, p, one, repeats, steps_per_repeat)
         base = measure(adam, p, one, repeats, steps_per_repeat)
-        r["adam_inner_steps_x_runs_per_s"] = base["inner_steps_x_runs_per_s"]
-        r["ratio_vs_adam_unroll"] = r["inner_steps_x_runs_per_s"] / base["inner_steps_x_runs_per_s"]
-        rows.append(r)
-        print(f"{p:5d} pairs: {r['outer_steps_per_s']:8.2f} outer steps/s, "
-              f"{r['inner_steps_x_runs_per_s']:12.0f} inner steps x runs/s "
-              f"({r['ratio_vs_adam_unroll']:.2f}x the Adam unroll), first call {r['first_call_s']:.1f}s", flush=True)
+        for name, lopt in lopts.items():
+            r = {"lopt": name, **measure(lopt, p, one, repeats, steps_per_repeat)}
+            r["adam_inner_steps_x_runs_per_s"] = base["inner_steps_x_runs_per_s"]
+            r["ratio_vs_adam_unroll"] = r["inner_steps_x_runs_per_s"] / base["inner_steps_x_runs_per_s"]
+            rows.append(r)
+            print(f"{name:9s} {p:5d} pairs: {r['outer_steps_per_s']:8.2f} outer steps/s, "
+                  f"{r['inner_steps_x_runs_per_s']:12.0f} inner steps x runs/s "
+                  f"({r['ratio_vs_adam_unroll']:.2f}x the Adam unroll), first call {r['first_call_s']:.1f}s", flush=True)
     # "16 tasks" read both ways: 16 pairs (32 runs, more work than the tutorial) and 8 pairs (16 runs)
-    by_pairs = {r["pairs"]: r for r in rows}
+    by_pairs = {r["pairs"]: r for r in rows if r["lopt"] == "mlp"}
     reference = {"tutorial_outer_steps_per_s": 8.0, "tutorial_tasks": 16}
     for p in (16, 8):
         r = by_pairs.get(p) or measure(mlp, p, one, repeats, steps_per_repeat)
@@ -125,7 +130,7 @@ def main():
             print(f"{n} devices: weak efficiency {scaling[-1]['weak_efficiency']:.2f}, "
                   f"strong efficiency {scaling[-1]['strong_efficiency']:.2f}", flush=True)
 
-    payload = {"workload": {"lopt": repr(mlp), "family": family().name, "estimator": "pes", "truncation": TRUNCATION,
+    payload = {"workload": {"lopts": {n: repr(l) for n, l in lopts.items()}, "family": family().name, "estimator": "pes", "truncation": TRUNCATION,
                             "horizon": HORIZON, "meta_optimizer": "clip 1.0 + adam 3e-4"},
                "throughput": rows, "reference": reference, "scaling": scaling,
                "total_s": time.perf_counter() - t_start}
@@ -134,8 +139,11 @@ def main():
 
     fig, axes = plt.subplots(1, 2 if scaling else 1, figsize=(10 if scaling else 5, 3.4), squeeze=False)
     ax = axes[0][0]
-    ax.plot([r["pairs"] for r in rows], [r["inner_steps_x_runs_per_s"] for r in rows], "o-", label="MLP lopt, PES")
-    ax.plot([r["pairs"] for r in rows], [r["adam_inner_steps_x_runs_per_s"] for r in rows], "s--",
+    for name in lopts:
+        mine = [r for r in rows if r["lopt"] == name]
+        ax.plot([r["pairs"] for r in mine], [r["inner_steps_x_runs_per_s"] for r in mine], "o-", label=f"{name}, PES")
+    mine = [r for r in rows if r["lopt"] == "mlp"]
+    ax.plot([r["pairs"] for r in mine], [r["adam_inner_steps_x_runs_per_s"] for r in mine], "s--",
             label="same unroll, Adam inner")
     ax.set(xscale="log", yscale="log", xlabel="antithetic pairs (2 runs each)", ylabel="inner steps × runs / s",
            title=f"PES, K={TRUNCATION}, {jax.devices()[0].device_kind}")

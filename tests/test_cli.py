@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -73,3 +74,31 @@ def test_the_command_line_entry_point():
     proc = subprocess.run([sys.executable, "-m", "minilopt.cli", "meta-train", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "--resume" in proc.stdout and "--estimator" in proc.stdout
+
+
+def test_every_registered_learned_optimizer_is_a_choice_and_a_warm_start_continues_from_its_weights(tmp_path, capsys):
+    from minilopt.lopt import registry
+    from minilopt.pretrained import load, save
+
+    assert set(cli.parser().meta_train.__dict__["_option_string_actions"]["--lopt"].choices) == set(registry.LOPTS)
+    quad = ["--family", "quadratic", "--family-args", '{"dim": 4, "max_condition": 10.0}', "--particles", "2",
+            "--horizon", "20", "--truncation", "10", "--quiet", "--log-loss"]
+    lopt_args = '{"hidden": [4], "schedule_hidden": 2}'
+    first = tmp_path / "first"
+    assert cli.main(["meta-train", "--lopt", "scheduled", "--lopt-args", lopt_args, *quad, "--steps", "2",
+                     "--out", str(first)]) == 0
+    assert json.loads((first / "config.json").read_text())["log_loss"] is True
+    like = registry.make("scheduled", json.loads(lopt_args)).init(jax.random.key(1))
+    theta = trainer.load_theta(first / "checkpoint.npz", like)
+    save(tmp_path / "weights", theta, lopt="scheduled", kwargs=json.loads(lopt_args), horizon=20)
+    # --init-theta: a new run whose theta starts at the exported weights (step 0, so the first log is step 1)
+    second = tmp_path / "second"
+    assert cli.main(["meta-train", "--lopt", "scheduled", "--lopt-args", lopt_args, *quad, "--steps", "1", "--lr",
+                     "1e-12", "--out", str(second), "--init-theta", str(tmp_path / "weights")]) == 0
+    again = trainer.load_theta(second / "checkpoint.npz", load(tmp_path / "weights").theta)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(theta)):
+        np.testing.assert_allclose(a, b, atol=1e-9)   # a step of 1e-12: the warm start is where it began
+    # weights of another size are refused, named
+    assert cli.main(["meta-train", "--lopt", "scheduled", "--lopt-args", '{"hidden": [8]}', *quad, "--steps", "1",
+                     "--out", str(tmp_path / "third"), "--init-theta", str(tmp_path / "weights")]) == 2
+    assert "another learned optimizer or size" in capsys.readouterr().err
