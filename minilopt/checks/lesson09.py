@@ -16,6 +16,8 @@ def _cases():
         (np.where(t <= 240, 1.0, 0.5), np.where(t <= 80, 1.0, 0.5), "both drop to 0.5, Adam later"),
         (1.0 / t, 2.0 / t, "the learned optimizer ends worse (2/t against 1/t)"),
         (noise / np.sqrt(t), noise[::-1] / t ** 0.7, "two noisy curves"),
+        (1.0 / t, np.maximum(1.0 / t, 0.02), "the learned optimizer stalls at 0.02 while Adam goes on"),
+        (1.0 / np.sqrt(t), 1.0 / np.sqrt(t), "the two curves are equal"),
     ]
 
 
@@ -37,19 +39,40 @@ def check_smooth(smooth):
     print("smooth: correct on 3 cases")
 
 
+def naive_speedup(adam_curve, learned_curve) -> float:
+    """THE FLAWED RULE, kept only so the exercises can break it: both optimizers are
+    charged their first hit of the worse final loss, n_adam(L*) / n_learned(L*) with
+    L* = max(L_adam, L_learned). An optimizer that stalls early reaches its own final
+    loss early, and is credited with a win it never had."""
+    w = evaluate.default_window(len(adam_curve))
+    s_adam, s_learned = evaluate.smooth(adam_curve, w), evaluate.smooth(learned_curve, w)
+    target = max(s_adam[-1], s_learned[-1])
+    return evaluate.steps_to_reach(s_adam, target) / evaluate.steps_to_reach(s_learned, target)
+
+
 def check_speedup(speedup):
-    """speedup(adam_curve, learned_curve) -> n_adam / n_learned, the lesson's measure."""
-    hint = ("smooth both curves (window ceil(T/10)); L* = max of the two final (last smoothed) losses; n = first "
-            "1-based step whose smoothed loss is <= L*; return n_adam / n_learned (> 1 means the learned one is faster)")
+    """speedup(adam_curve, learned_curve) -> the lesson's measure (= evaluate.speedup(...).speedup)."""
+    hint = ("the optimizer that ends worse needed the whole budget T to end where it ended; the better one is "
+            "charged the first step its smoothed curve reaches the other's final loss. Learned ends lower: T over "
+            "that step; Adam ends lower: that step over T; a tie: 1")
     for adam, lopt, what in _cases():
-        want = evaluate.speedup(adam, lopt).speedup
+        m = evaluate.speedup(adam, lopt)
+        want = m.speedup
         got = call(speedup, adam, lopt, what="speedup", hint=hint)
-        if (got is not None and not np.isclose(want, 1.0) and np.ndim(got) == 0
-                and np.isclose(float(got), 1 / want)):
+        if got is None or np.ndim(got) != 0:
+            fail(f"speedup when {what}: return one number", want, got, hint)
+        got = float(got)
+        if not np.isclose(got, want, rtol=1e-9) and np.isclose(got, naive_speedup(adam, lopt), rtol=1e-9):
+            fail(f"speedup when {what}: that is the flawed rule, which charges the worse optimizer its first hit "
+                 "of its own final loss", want, got, "charge the optimizer that ends worse the whole budget T")
+        if m.final_adam == m.final_lopt and not np.isclose(got, 1.0):
+            fail(f"speedup when {what}: both end at the same smoothed loss", want, got,
+                 "a tie scores exactly 1: neither optimizer needed less than the whole budget to end there")
+        if not np.isclose(want, 1.0) and np.isclose(got, 1 / want, rtol=1e-9):
             fail(f"speedup when {what}: you returned the reciprocal", want, got,
-                 "divide Adam's steps by the learned optimizer's steps, not the other way round")
+                 "above 1 must mean the learned optimizer is faster")
         expect_close(f"speedup when {what}", want, got, hint, rtol=1e-9)
-    print("speedup: correct on 4 cases")
+    print(f"speedup: correct on {len(_cases())} cases")
 
 
 def losing_tasks_reference(results) -> list[str]:
@@ -74,3 +97,40 @@ def check_losing_tasks(losing_tasks, results=None):
         if got is None or list(got) != want:
             fail(f"losing tasks of {what}", want, got, hint)
     print("losing_tasks: correct")
+
+
+def _adam_curves():
+    t = np.arange(1, 601, dtype=np.float64)
+    wiggle = 1 + 0.1 * np.sin(t / 7)
+    return [(1.0 / np.sqrt(t[:300]), "Adam's loss 1/sqrt(t), 300 steps"),
+            (2.0 * np.exp(-t / 150) * wiggle + 0.01, "a noisy exponential decay to 0.01, 600 steps")]
+
+
+def check_broken_measure(stalling_curve):
+    """stalling_curve(adam_curve) -> a learned optimizer's curve that the flawed rule scores > 1 although it ends
+    above Adam: naive_speedup > 1, evaluate.speedup < 1, and a smoothed final loss above Adam's."""
+    hint = ("the flawed rule stops the worse optimizer's clock at its first hit of its own final loss: a curve that "
+            "gets somewhere early and then stops is credited with having got there early. Pick a level Adam only "
+            "reaches late in its run, and reach it within the first window")
+    for adam, what in _adam_curves():
+        curve = call(stalling_curve, adam, what="stalling_curve", hint=hint)
+        if curve is None or np.shape(curve) != np.shape(adam):
+            fail(f"stalling_curve({what}) must return a curve of the same length ({len(adam)} steps)",
+                 f"{len(adam)} losses", curve, hint)
+        curve = np.asarray(curve, np.float64)
+        if not np.all(np.isfinite(curve)):
+            fail(f"stalling_curve({what}): every loss must be finite (a diverged run scores 0 under both rules)",
+                 "finite losses", curve, hint)
+        measure = evaluate.speedup(adam, curve)
+        if not measure.final_lopt > measure.final_adam:
+            fail(f"stalling_curve({what}) must end above Adam: smoothed final losses, learned vs Adam",
+                 f"> {measure.final_adam:.4g}", measure.final_lopt,
+                 "a curve that ends lower than Adam is not a stalled optimizer, and both rules rightly call it "
+                 "faster: the curve must stop above Adam's final loss")
+        naive = naive_speedup(adam, curve)
+        if not naive > 1:
+            fail(f"stalling_curve({what}): the flawed rule must call it faster than Adam", "> 1", naive, hint)
+        if not measure.speedup < 1:    # cannot happen when it ends above Adam; kept as the property we teach
+            fail(f"stalling_curve({what}): evaluate.speedup must be < 1", "< 1", measure.speedup, hint)
+    print("broken: the flawed rule says faster, evaluate.speedup says slower, and the curve ends above Adam "
+          f"(on {len(_adam_curves())} Adam curves)")
