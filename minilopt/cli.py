@@ -22,14 +22,9 @@ from .lopt.registry import LOPTS, make as make_lopt   # the one registry of lear
 
 def make_family(name: str, kwargs: dict | None = None, seed: int = 0):
     """A fixed-shape task family by name (a random family is drawn once, from `seed`)."""
-    import jax
-
     from . import tasks
 
-    family = tasks.family(name, **(kwargs or {}))
-    if isinstance(family, tasks.RandomFamily):  # shapes vary: meta-train on one fixed-shape draw
-        family = family.structure(jax.random.PRNGKey(seed))
-    return family
+    return tasks.fixed_shape_family(name, kwargs, seed)
 
 
 def _json_arg(text: str) -> dict:

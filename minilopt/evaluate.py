@@ -201,8 +201,8 @@ def meta_training_families(recipe: dict | None) -> tuple:
         return ("random",)
     if family == "quadratic":
         return ("quadratic",)
-    from .cli import make_family    # one fixed-shape family, drawn exactly as `minilopt meta-train` draws it
-    return (make_family(family, recipe.get("family_args"), recipe.get("seed", 0)),)
+    # one fixed-shape family, drawn exactly as `minilopt meta-train` draws it
+    return (T.fixed_shape_family(family, recipe.get("family_args"), recipe.get("seed", 0)),)
 
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Tasks and task families, all offline. `get(name)` and `family(name)` look them up."""
 from __future__ import annotations
 
+import jax
+
 from . import data
 from .autoencoder import AutoencoderTask, autoencoder_task, digits_autoencoder, mnist1d_autoencoder
 from .base import Task, TaskFamily
@@ -51,7 +53,16 @@ def family(name: str, **kwargs) -> TaskFamily:
     return _lookup(FAMILIES, "task family", name)(**kwargs)
 
 
-__all__ = ["Task", "TaskFamily", "get", "family", "TASKS", "FAMILIES", "data", "quadratic", "noisy_quadratic",
+def fixed_shape_family(name: str, kwargs: dict | None = None, seed: int = 0) -> TaskFamily:
+    """The family `name` as meta-training uses it: one whose tasks all share their shapes
+    (runs are vmapped). A family whose shapes vary (RandomFamily) is drawn once, from `seed`."""
+    chosen = family(name, **(kwargs or {}))
+    if isinstance(chosen, RandomFamily):
+        chosen = chosen.structure(jax.random.PRNGKey(seed))
+    return chosen
+
+
+__all__ = ["Task", "TaskFamily", "get", "family", "fixed_shape_family", "TASKS", "FAMILIES", "data", "quadratic", "noisy_quadratic",
            "digits_logreg", "digits_mlp", "mnist1d_mlp", "mnist1d_cnn", "char_lm", "mlp_task", "cnn_task",
            "QuadraticTask", "QuadraticFamily", "MLPTask", "ConvTask", "CharLMTask", "ImageFamily", "RandomFamily",
            "char_transformer", "CharTransformerTask", "tabular_mlp", "autoencoder_task", "digits_autoencoder",
