@@ -42,7 +42,7 @@ from .lopt import checkpoint, registry
 FORMAT = "minilopt-pretrained/1"
 WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "lopt" / "pretrained"
 NAMES = ("mlp", "scheduled", "velo")   # the shipped weights, one folder each
-DEFAULT_NAME = "mlp"                   # what pretrained(num_steps) gives
+DEFAULT_NAME = "scheduled"             # what pretrained(num_steps) gives: the best by the suite
 DEFAULT_DIR = WEIGHTS_DIR / DEFAULT_NAME
 CONFIG, THETA = "config.json", "theta.npz"
 LOPTS = registry.LOPTS     # "lopt" in config.json: a registry name ("mlp", "velo", ...) or a class name

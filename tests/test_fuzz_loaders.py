@@ -207,8 +207,9 @@ def test_a_newer_format_version_is_refused(tmp_path):
 def test_old_files_without_a_format_version_still_load(tmp_path):
     back = checkpoint.load(_write(tmp_path, npz_bytes(theta_arrays()), "old.npz"), like=THETA)
     assert same_tree(back, THETA)
-    shipped = checkpoint.load(pretrained.DEFAULT_DIR / "theta.npz",
-                              like=MLPLOpt(**json.loads((pretrained.DEFAULT_DIR / "config.json").read_text())
+    old = pretrained.weights_dir("mlp")      # written before checkpoints had a format version
+    shipped = checkpoint.load(old / "theta.npz",
+                              like=MLPLOpt(**json.loads((old / "config.json").read_text())
                                            ["kwargs"]).init(jax.random.PRNGKey(0)))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(shipped))
 
