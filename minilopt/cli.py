@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import pathlib
 import sys
 
@@ -24,7 +26,10 @@ def make_family(name: str, kwargs: dict | None = None, seed: int = 0):
     """A fixed-shape task family by name (a random family is drawn once, from `seed`)."""
     from . import tasks
 
-    return tasks.fixed_shape_family(name, kwargs, seed)
+    try:
+        return tasks.fixed_shape_family(name, kwargs, seed)
+    except TypeError as e:  # an unknown or misplaced keyword argument
+        raise ValueError(f"--family {name} --family-args {json.dumps(kwargs)}: {e}") from None
 
 
 def _json_arg(text: str) -> dict:
@@ -237,6 +242,47 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    """Refuse bad arguments with exit code 2 and a message, before any work starts."""
+    def number(name, value, low=0.0, integer=False, allow_equal=False):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value >= low if allow_equal else value > low) and (not integer or float(value).is_integer())
+        if not ok:
+            bound = f">= {low:g}" if allow_equal else f"> {low:g}"
+            p.error(f"--{name.replace('_', '-')} must be a finite {'integer' if integer else 'number'} {bound}, "
+                    f"got {value!r}")
+
+    if args.command == "meta-train":
+        for name in ("lr", "clip_grad", "sigma", "loss_clip"):
+            number(name, getattr(args, name))
+        for name in ("particles", "horizon", "truncation", "checkpoint_every", "structures"):
+            number(name, getattr(args, name), 1, integer=True, allow_equal=True)
+        number("steps", args.steps, 0, integer=True, allow_equal=True)
+        for name in ("lopt_args", "family_args"):
+            if not isinstance(getattr(args, name), dict):
+                p.error(f"--{name.replace('_', '-')} must be a JSON object of keyword arguments, "
+                        f"got {getattr(args, name)!r}")
+    else:
+        number("tasks", args.tasks, 1, integer=True, allow_equal=True)
+        number("num_lrs", args.num_lrs, 1, integer=True, allow_equal=True)
+        if args.steps is not None:
+            number("steps", args.steps, 1, integer=True, allow_equal=True)
+    if args.out is not None:
+        _check_out_dir(p, pathlib.Path(args.out))
+
+
+def _check_out_dir(p: argparse.ArgumentParser, out: pathlib.Path) -> None:
+    """--out must be a directory we can write to, or one we can create: checked now,
+    not at the first checkpoint after the work is done."""
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} exists and is not a directory; pass a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        p.error(f"--out {out}: {existing} is not a writable directory; pass a directory you can write to")
+
+
 def parse(argv=None) -> argparse.Namespace:
     """Parse the command line; for meta-train, a --config recipe supplies the defaults."""
     p = parser()
@@ -247,6 +293,8 @@ def parse(argv=None) -> argparse.Namespace:
             recipe = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             p.error(f"cannot read the recipe {path}: {e}")
+        if not isinstance(recipe, dict):
+            p.error(f"{path}: a recipe is a JSON object of meta-train options, got {type(recipe).__name__}")
         recipe.pop("description", None)
         known = set(vars(args))
         unknown = sorted(set(recipe) - known)
@@ -256,6 +304,7 @@ def parse(argv=None) -> argparse.Namespace:
         args = p.parse_args(argv)
     if args.command == "meta-train" and not args.out:
         p.error("meta-train needs --out DIR (or an 'out' key in --config)")
+    _check_args(p, args)
     return args
 
 
