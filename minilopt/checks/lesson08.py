@@ -24,8 +24,9 @@ def safe_meta_update_reference(theta, grad, opt_state, meta_optimizer):
 
 def check_shard_particles(shard_particles):
     """shard_particles(x, mesh) -> x placed with its leading axis split over the mesh axis "particles"."""
-    hint = ('jax.device_put(x, NamedSharding(mesh, PartitionSpec("particles"))): the spec names the mesh axis '
-            "that the LEADING array axis is split over; the other axes stay whole")
+    hint = ("put the array on the devices with jax.device_put and a NamedSharding of this mesh; its partition "
+            "spec names the mesh axis that the LEADING array axis is split over (\"particles\"); the other axes "
+            "stay whole")
     mesh = Mesh(np.array(jax.devices()), ("particles",))
     for shape in [(len(jax.devices()) * 4, 3), (len(jax.devices()) * 2,)]:
         x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
@@ -42,8 +43,8 @@ def check_shard_particles(shard_particles):
 
 def check_safe_meta_update(safe_meta_update):
     """safe_meta_update(theta, grad, opt_state, meta_optimizer) -> (theta, opt_state, num_non_finite)."""
-    hint = ("count the entries where ~jnp.isfinite(g) over every leaf, replace them by 0 with jnp.where, then "
-            "updates, opt_state = meta_optimizer.update(grad, opt_state, theta); theta = optax.apply_updates(...)")
+    hint = ("count the non-finite entries over every leaf of the gradient, replace them by 0 with an elementwise "
+            "select, then take the ordinary optax step (update, then apply the updates) with the cleaned gradient")
     theta = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array(0.5)}
     for grad in [{"w": jnp.array([0.1, jnp.nan, -0.2]), "b": jnp.array(jnp.inf)},
                  {"w": jnp.array([0.3, 0.1, -0.2]), "b": jnp.array(-1.0)}]:
