@@ -66,17 +66,18 @@ def main():
     if len(horizons) != 1:
         raise SystemExit(f"these optimizers were meta-trained for different horizons {horizons}: evaluate apart")
     steps = 300 if args.quick else horizons.pop()
-    suite = E.suite(steps, quick=args.quick, in_family=("random",))
+    full = E.suite(steps, quick=args.quick, in_family=("random",))
+    suite = full
     if args.tasks:
-        unknown = sorted(set(args.tasks) - {e.name for e in suite})
+        unknown = sorted(set(args.tasks) - {e.name for e in full})
         if unknown:
-            raise SystemExit(f"no suite tasks named {unknown}; the suite has {[e.name for e in suite]}")
-        suite = [e for e in suite if e.name in args.tasks]
+            raise SystemExit(f"no suite tasks named {unknown}; the suite has {[e.name for e in full]}")
+        suite = [e for e in full if e.name in args.tasks]
     suffix = "_quick" if args.quick else ""
     stems = {name: RESULTS / f"evaluate_{name}{suffix}" for name in opts}
     rows = {name: [] for name in opts}
     if args.resume:     # keep the finished tasks of this suite, labelled as this suite labels them
-        group = {e.name: e.group for e in suite}
+        group = {e.name: e.group for e in full}
         for name, stem in stems.items():
             if stem.with_suffix(".json").exists():
                 rows[name] = [{**r, "group": group[r["name"]]} for r in
@@ -96,7 +97,7 @@ def main():
             print(f"{name:10s} {entry.name:36s} {entry.group:13s} {row['speedup']:5.2f}x (cosine "
                   f"{row['cosine']['speedup']:5.2f}x)  loss {row['lopt']['final_train']} vs tuned Adam "
                   f"{row['adam']['final_train']}  {time.perf_counter() - t0:.0f} s", flush=True)
-            order = {e.name: i for i, e in enumerate(suite)}
+            order = {e.name: i for i, e in enumerate(full)}
             ordered = sorted(rows[name], key=lambda r: order.get(r["name"], len(order)))
             write_outputs({"optimizer": name, "description": f"{w.config['lopt']} {w.config['kwargs']}, "
                            f"meta-trained for {w.horizon} steps", "measure": E.MEASURE, "budget": steps,
