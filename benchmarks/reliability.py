@@ -410,7 +410,7 @@ def kill_resume_trials(tmp: pathlib.Path, trials: int, steps: int, seed: int) ->
     results = []
     for i in range(trials):
         out = tmp / f"trial{i}"
-        delay = rng.uniform(0.3, 1.0) * wall
+        delay = rng.uniform(0.15, 0.85) * wall
         proc = _worker(out, steps, False)
         time.sleep(delay)
         killed = proc.poll() is None
@@ -434,7 +434,7 @@ def kill_resume_trials(tmp: pathlib.Path, trials: int, steps: int, seed: int) ->
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=6, help="kill/resume trials")
+    ap.add_argument("--trials", type=int, default=8, help="kill/resume trials")
     ap.add_argument("--steps", type=int, default=20, help="outer steps of each trial's run")
     ap.add_argument("--seed", type=int, default=0, help="seeds the kill times")
     ap.add_argument("--out", default=str(HERE / "results" / "reliability.json"))
