@@ -64,8 +64,14 @@ def test_loss_features_are_scale_free_and_read_the_trend():
     b, sb = run(lopt.optimizer(theta, 30), 6, grads, PARAMS, lambda t: 1e4 * falling(t))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5)
-    # relative log loss after 6 steps: log(0.9^5); its fast average lags behind it, so the trend is < 0
-    np.testing.assert_allclose(sa.trends[0, 0] * 0 + np.log(0.9 ** 5), np.log(0.9 ** 5))
+    # the relative log loss of step t is t·log 0.9; both averages start at step 0's value and follow
+    # e ← β e + (1 − β) r: the fast one falls faster, so the trend (fast − slow) is negative
+    relative = np.arange(6) * np.log(0.9)
+    for k, beta in enumerate((0.9, 0.99)):
+        e = relative[0]
+        for r in relative[1:]:
+            e = beta * e + (1 - beta) * r
+        np.testing.assert_allclose(sa.trends[0, k], e, rtol=1e-5)
     assert sa.trends[0, 0] - sa.trends[0, 1] < 0
     np.testing.assert_allclose(sa.first[0], np.log(2.0), rtol=1e-6)
 
@@ -109,6 +115,8 @@ def test_the_registry_names_every_learned_optimizer():
         registry.make("nope")
     with pytest.raises(ValueError, match=r"MLPLOpt has no argument\(s\) \['width'\]; it accepts .*hidden"):
         registry.make("mlp", {"width": 3})
+    with pytest.raises(ValueError, match=r"must be a dict of keyword arguments, got \[32\]"):
+        registry.make("mlp", [32])
 
 
 def test_velo_adam_start_steps_along_the_normalised_adam_direction():

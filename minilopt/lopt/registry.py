@@ -41,9 +41,9 @@ def make(name: str, kwargs: dict | None = None):
     """The learned optimizer `name` built with `kwargs`; a ValueError names an unknown
     name or argument and lists what is accepted."""
     cls = LOPTS[canonical(name)]
-    kwargs = dict(kwargs or {})
-    if not isinstance(kwargs, dict):
+    if not isinstance(kwargs or {}, dict):
         raise ValueError(f"the arguments of {name!r} must be a dict of keyword arguments, got {kwargs!r}")
+    kwargs = dict(kwargs or {})
     accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

@@ -41,7 +41,7 @@ import optax
 
 from .. import nn
 from . import features
-from .mlp import MLPLOpt, clean_gradient, require_params
+from .mlp import MLPLOpt, check_num_steps, clean_gradient, require_params
 
 FEATURE_CLIP = 10.0
 LOSS_DECAYS = (0.9, 0.99)
@@ -117,7 +117,6 @@ class ScheduledLOpt(MLPLOpt):
 
     def optimizer(self, theta, num_steps: int) -> optax.GradientTransformationExtraArgs:
         """An optax transformation for a run of `num_steps`; pass the loss as `value=`."""
-        from .mlp import check_num_steps
         check_num_steps(num_steps)
         decays, rms_decays, k = self.momentum_decays, (self.rms_decay,), self.momentum_decays.index(self.b1)
         direction = [theta["direction"][f"layer_{i}"] for i in range(len(self.hidden) + 1)]
