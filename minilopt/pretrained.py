@@ -201,13 +201,16 @@ def run_recipe(run_dir) -> dict:
     return {**config["cli"], **unroll}
 
 
-def export_run(run_dir, recipe=None, out=DEFAULT_DIR) -> pathlib.Path:
+def export_run(run_dir, recipe=None, out=None) -> pathlib.Path:
     """θ from a meta-training run (`run_dir/checkpoint.npz`) into `out`.
 
     The learned optimizer, its arguments and the horizon come from the run's own
     checkpoint (`run_recipe`); `recipe`, a JSON config (keys of `minilopt
     meta-train`: "lopt", "lopt_args", "horizon", ...), adds to it, and must agree with
     the run where both say something. The merged recipe is stored in config.json."""
+    if out is None:   # never the shipped weights by default
+        raise ValueError("export_run needs out=DIR, the folder to write; load the result with "
+                         "pretrained(T, path=DIR)")
     from .meta import load_theta
 
     try:

@@ -97,3 +97,17 @@ def test_horizon_advice_names_distinct_horizons(horizon, truncation, advice):
 
     with pytest.raises(ValueError, match=advice):
         TruncatedUnroll(LearnableSGD(0.1), tasks.QuadraticFamily(dim=2), horizon, truncation)
+
+
+def test_velo_value_must_be_a_real_scalar_and_export_needs_a_folder(tmp_path):
+    from minilopt.lopt import VeLO
+    velo = VeLO(hidden=4, mixtures=2)
+    opt = velo.optimizer(velo.init(jax.random.PRNGKey(0)), 10)
+    params = {"w": np.ones((3, 2), np.float32)}
+    state = opt.init(params)
+    for bad in ("1.0", b"1", np.ones(2, np.float32), 1j):
+        with pytest.raises(ValueError, match="value= must be the training loss as a real scalar"):
+            opt.update(params, state, params, value=bad)
+    opt.update(params, state, params, value=np.float32(1.0))     # a real scalar is fine
+    with pytest.raises(ValueError, match="export_run needs out=DIR"):
+        pretrained.export_run(tmp_path)

@@ -941,6 +941,10 @@ def velo_optimizer(theta, num_steps: int, legacy_loss_features: bool = False,
         if value is None:
             raise ValueError("VeLO needs the training loss: call update(grads, state, params, value=loss) "
                              "(minilopt.train.fit passes it for you)")
+        real = lambda v: any(jnp.issubdtype(jnp.result_type(v), k) for k in (jnp.floating, jnp.integer))
+        if isinstance(value, (str, bytes)) or jnp.shape(value) != () or not real(value):
+            raise ValueError(f"VeLO's value= must be the training loss as a real scalar, got {value!r}; "
+                             "pass the loss your task computed, e.g. value=loss")
         F.check_params(params)
         return velo_step(theta, state, updates, params, value, num_steps, carry_lstm_state)
 
