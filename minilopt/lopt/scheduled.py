@@ -135,7 +135,7 @@ class ScheduledLOpt(MLPLOpt):
             features.check_params(params)
             grads = jax.tree.map(clean_gradient, updates)
             loss = jnp.asarray(0.0 if value is None else value, jnp.float32)
-            # log loss, log gradient norm; a non-finite or non-positive loss reads as "no change"
+            # log loss and log gradient norm (floored at 1e-30); a non-finite one reads as "no change"
             logs = jnp.stack([jnp.log(jnp.maximum(loss, 1e-30)), jnp.log(_global_norm(grads) + 1e-30)])
             first = jnp.where((state.count == 0) | ~jnp.isfinite(state.first), logs, state.first)  # first finite
             relative = jnp.clip(jnp.where(jnp.isfinite(logs - first), logs - first, 0.0), -FEATURE_CLIP, FEATURE_CLIP)
