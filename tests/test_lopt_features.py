@@ -132,11 +132,11 @@ def test_fraction_embedding_crosses_zero_at_each_fraction():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_second_moment_normalize_closed_form():
+def test_second_moment_normalise_closed_form():
     x = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])
     ms = np.mean(np.asarray(x) ** 2)
-    np.testing.assert_allclose(F.second_moment_normalize(x), np.asarray(x) / np.sqrt(1e-5 + ms), rtol=1e-6)
-    cols = F.second_moment_normalize(x, axis=0)  # per column
+    np.testing.assert_allclose(F.second_moment_normalise(x), np.asarray(x) / np.sqrt(1e-5 + ms), rtol=1e-6)
+    cols = F.second_moment_normalise(x, axis=0)  # per column
     col_ms = np.mean(np.asarray(x) ** 2, axis=0)
     np.testing.assert_allclose(np.mean(np.asarray(cols) ** 2, axis=0), col_ms / (1e-5 + col_ms), rtol=1e-6)
     np.testing.assert_allclose(F.normaliser_from_sum_sq(jnp.sum(x ** 2), x.size), 1 / np.sqrt(1e-5 + ms), rtol=1e-6)

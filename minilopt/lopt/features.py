@@ -227,7 +227,7 @@ def normaliser_from_sum_sq(sum_sq, count, eps: float = 1e-5):
     return jax.lax.rsqrt(eps + jnp.asarray(sum_sq, jnp.float32) / count)
 
 
-def second_moment_normalize(x, axis=None, eps: float = 1e-5):
+def second_moment_normalise(x, axis=None, eps: float = 1e-5):
     """`x · rsqrt(eps + mean(x², axis))`: unit second moment over `axis`.
 
     With `axis=None` the whole array is one channel. VeLO normalises each feature

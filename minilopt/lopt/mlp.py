@@ -133,7 +133,7 @@ class MLPLOpt:
 
     def normalise(self, channels):
         """Each channel (last axis) over all the tensor's elements: x·rsqrt(ε + mean(x²))."""
-        return features.second_moment_normalize(channels, axis=tuple(range(channels.ndim - 1)), eps=self.eps)
+        return features.second_moment_normalise(channels, axis=tuple(range(channels.ndim - 1)), eps=self.eps)
 
     def time_features(self, t, num_steps):
         """The training-fraction embedding tanh(10·(t/T − τ)), one per τ."""
