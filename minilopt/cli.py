@@ -75,12 +75,12 @@ def warm_start(path, like):
 
     path = pathlib.Path(path)
     if not (path / trainer.CHECKPOINT).is_file() and (path / weights.CONFIG).is_file():
-        theta = weights.load(path).theta
-        if jax_structure(theta) != jax_structure(like):
+        loaded = weights.load(path)
+        if jax_structure(loaded.theta) != jax_structure(like):
             raise ValueError(f"--init-theta {path} holds weights of another learned optimizer or size "
-                             f"({weights.load(path).config['lopt']} {weights.load(path).config['kwargs']}); "
+                             f"({loaded.config['lopt']} {loaded.config['kwargs']}); "
                              "pass weights of the --lopt and --lopt-args you meta-train")
-        return theta
+        return loaded.theta
     return trainer.load_theta(path / trainer.CHECKPOINT if path.is_dir() else path, like)
 
 

@@ -2,8 +2,10 @@
 import contextlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from minilopt.checks import ExerciseError
 
@@ -45,3 +47,24 @@ def fixture_theta(path):
                 node = node.setdefault("/".join(parts[1:-1]), {})
             node[parts[-1]] = f[key]
     return theta
+
+
+POISON = [None, np.inf, -np.inf, np.nan, 1e30, -1e30]   # what a gradient leaf may hold once
+
+
+@st.composite
+def poisoned_trees(draw):
+    """(params, grads): a dict of 1-3 leaves of rank 0-4 (tiny dims), float32 or bfloat16,
+    with matching gradients that may hold one inf, NaN or ±1e30."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    params, grads = {}, {}
+    for i in range(draw(st.integers(1, 3))):
+        shape = tuple(draw(st.lists(st.integers(1, 3), min_size=0, max_size=4)))
+        dtype = draw(st.sampled_from([jnp.float32, jnp.bfloat16]))
+        g = rng.normal(size=shape)
+        poison = draw(st.sampled_from(POISON))
+        if poison is not None:
+            g.reshape(-1)[rng.integers(g.size)] = poison
+        params[f"leaf{i}"] = jnp.asarray(rng.normal(size=shape), dtype)
+        grads[f"leaf{i}"] = jnp.asarray(g, dtype)
+    return params, grads

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import poisoned_trees
 from minilopt import guard, tasks, train
 from minilopt.lopt.mlp import MLPLOpt
 
@@ -161,27 +162,9 @@ def test_with_nominal_is_a_learned_optimizer_with_the_weight_in_theta():
 
 # ---- properties, as for the other optimizers ---------------------------------------------------
 
-POISON = [None, np.inf, -np.inf, np.nan, 1e30, -1e30]
 SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MLP = MLPLOpt()
 MLP_THETA = MLP.init(jax.random.key(0))
-
-
-@st.composite
-def trees(draw):
-    """A dict of 1-3 leaves of rank 0-4, float32 or bfloat16, gradients maybe holding inf, NaN or ±1e30."""
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    params, grads = {}, {}
-    for i in range(draw(st.integers(1, 3))):
-        shape = tuple(draw(st.lists(st.integers(1, 3), min_size=0, max_size=4)))
-        dtype = draw(st.sampled_from([jnp.float32, jnp.bfloat16]))
-        g = rng.normal(size=shape)
-        poison = draw(st.sampled_from(POISON))
-        if poison is not None:
-            g.reshape(-1)[rng.integers(g.size)] = poison
-        params[f"leaf{i}"] = jnp.asarray(rng.normal(size=shape), dtype)
-        grads[f"leaf{i}"] = jnp.asarray(g, dtype)
-    return params, grads
 
 
 def sum_of_squares(params):
@@ -198,7 +181,7 @@ WRAPPERS = {
 
 @pytest.mark.parametrize("name", sorted(WRAPPERS))
 @SETTINGS
-@given(tree=trees())
+@given(tree=poisoned_trees())
 def test_any_tree_keeps_shapes_and_dtypes_and_never_gets_nan(name, tree):
     params, grads = tree
     opt = WRAPPERS[name]()

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import poisoned_trees
 from minilopt.lopt.lstm import LSTMLOpt
 from minilopt.lopt.mlp import MLPLOpt
 from minilopt.lopt.velo import VeLO
 
 LOPTS = {"mlp": MLPLOpt(), "lstm": LSTMLOpt(), "velo": VeLO(hidden=8, mixtures=4)}
 NEEDS_LOSS = {"velo"}
-POISON = [None, np.inf, -np.inf, np.nan, 1e30, -1e30]
 # Every new tree shape is a new compile, and VeLO's compile is the slow one (seconds):
 # few examples keep this file well under its 90 s budget on two busy cores.
 SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -44,28 +44,9 @@ def extra(name, loss=1.25):
     return {"value": loss} if name in NEEDS_LOSS else {}
 
 
-@st.composite
-def trees(draw):
-    """A dict of 1-3 leaves of rank 0-4 (tiny dims), float32 or bfloat16, with
-    matching gradients that may hold one inf, NaN or ±1e30."""
-    n = draw(st.integers(1, 3))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    params, grads = {}, {}
-    for i in range(n):
-        shape = tuple(draw(st.lists(st.integers(1, 3), min_size=0, max_size=4)))
-        dtype = draw(st.sampled_from([jnp.float32, jnp.bfloat16]))
-        g = rng.normal(size=shape)
-        poison = draw(st.sampled_from(POISON))
-        if poison is not None:
-            g.reshape(-1)[rng.integers(g.size)] = poison
-        params[f"leaf{i}"] = jnp.asarray(rng.normal(size=shape), dtype)
-        grads[f"leaf{i}"] = jnp.asarray(g, dtype)
-    return params, grads
-
-
 @pytest.mark.parametrize("name", sorted(LOPTS))
 @SETTINGS
-@given(tree=trees(), loss=st.sampled_from([0.7, 1e30, np.inf, np.nan]))
+@given(tree=poisoned_trees(), loss=st.sampled_from([0.7, 1e30, np.inf, np.nan]))
 def test_any_tree_keeps_shapes_and_dtypes_and_stays_finite(name, tree, loss):
     params, grads = tree
     opt = LOPTS[name].optimizer(THETAS[name], num_steps=10)
