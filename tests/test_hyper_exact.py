@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minilopt import hyper
-from minilopt.hyper import rules
+from minilopt.hyper import fast, rules
 from helpers import float64
 
 
@@ -167,13 +167,13 @@ def test_hypergradient_matches_finite_differences(name):
        beta=st.floats(0.01, 0.999), cotangent=hnp.arrays(np.float64, 6, elements=st.floats(-1, 1)))
 def test_moving_average_derivatives_are_the_closed_form(old, new, beta, cotangent):
     """ema = β·old + (1 − β)·new has ∂/∂β = old − new, ∂/∂old = β, ∂/∂new = 1 − β.
-    rules.ema takes the β-derivative from its output, (ema − new)/β: the same number,
-    in forward and in reverse mode (which transposes that rule)."""
+    fast.ema, which the rules run, takes the β-derivative from its output, (ema − new)/β:
+    the same number, in forward and in reverse mode (which transposes that rule)."""
     with float64():
         args = tuple(map(jnp.asarray, (old, new, beta)))
-        d_beta = jax.jvp(rules.ema, args, (jnp.zeros(6), jnp.zeros(6), jnp.ones(())))[1]
+        d_beta = jax.jvp(fast.ema, args, (jnp.zeros(6), jnp.zeros(6), jnp.ones(())))[1]
         np.testing.assert_allclose(d_beta, old - new, rtol=1e-12, atol=1e-12)
-        d_old, d_new, d_b = jax.grad(lambda *a: jnp.sum(cotangent * rules.ema(*a)), argnums=(0, 1, 2))(*args)
+        d_old, d_new, d_b = jax.grad(lambda *a: jnp.sum(cotangent * fast.ema(*a)), argnums=(0, 1, 2))(*args)
         np.testing.assert_allclose(d_old, beta * cotangent, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(d_new, (1 - beta) * cotangent, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(d_b, np.sum(cotangent * (old - new)), rtol=1e-10, atol=1e-12)

@@ -1,4 +1,6 @@
 """The stack as an optax transformation: faults, bad input, jit/scan/vmap, pytrees, read-outs."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,16 +205,18 @@ def test_weights_are_stored_only_where_reverse_mode_reads_them():
     assert hyper.hyperoptimize(adamw, by=optax.sgd(1e-5), mode="reverse").init(W0).prev_params is not None
     assert hyper.hyperoptimize(rules.adam(1e-3), by=optax.sgd(1e-5), mode="reverse").init(W0).prev_params is None
     forward = hyper.hyperoptimize(adamw, by=optax.sgd(1e-5), mode="forward").init(W0)
-    assert forward.prev_params is None and forward.prev_grads is None and forward.prev_inner is None
+    # forward mode stores no inputs at all, only its tangents
+    assert isinstance(forward, hyper.ForwardState) and not isinstance(forward, hyper.ReverseState)
+    assert not {"prev_params", "prev_grads", "prev_inner"} & {f.name for f in dataclasses.fields(forward)}
     assert len(forward.tangents) == 1  # one tangent: only the learning rate is learned
 
 
 def test_auto_mode_stores_the_smaller_of_tangents_and_yesterdays_inputs():
     params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
     adam = hyper.hyperoptimize(rules.adam(1e-3), by=optax.sgd(1e-5)).init(params)
-    assert len(adam.tangents) == 3 and adam.prev_grads is None  # α, β1, β2: 3 tangents vs g, m, v
+    assert isinstance(adam, hyper.ForwardState) and len(adam.tangents) == 3  # α, β1, β2: 3 tangents vs g, m, v
     per_leaf = hyper.hyperoptimize(rules.sgd_per_param(1e-3), by=optax.sgd(1e-5)).init(params)
-    assert per_leaf.tangents is None and per_leaf.prev_grads is not None  # 2 tangents vs 1 gradient
+    assert isinstance(per_leaf, hyper.ReverseState) and per_leaf.prev_grads is not None  # 2 tangents vs 1 gradient
     with pytest.raises(ValueError, match="mode must be one of"):
         hyper.hyperoptimize(rules.adam(1e-3), by=optax.sgd(1e-5), mode="backward")
 

@@ -6,16 +6,20 @@
                               by=optax.sgd(1e-5))                 # any optax optimizer
 
 `rules`: the paper's update rules with raw, differentiable hyperparameters.
-`stack`: hyperoptimize / stack, the read-outs hyperparams and hypergrads.
-`trace`: training runs that record every level's hyperparameters.
+`tower`: hyperoptimize / stack, the paper's method (reverse mode).
+`forward`: the same hypergradient in forward mode (`mode="forward"`, or "auto").
+`fast`: the forms XLA runs fastest of a few plain functions, each tested equal to it.
+`trace`: the read-outs hyperparams / hypergrads, and runs that record them every step.
 `lopt_scale`: scaled(opt), a learned optimizer's step multiplier as a hyperparameter to learn.
 """
-from . import lopt_scale, rules, trace
+from . import fast, forward, lopt_scale, rules, tower, trace
 from .lopt_scale import scaled
 from .rules import RuleState, adagrad, adam, rmsprop, sgd, sgd_per_param, values
-from .stack import HyperState, hypergrads, hyperoptimize, hyperparams, learned_names, stack
-from .trace import Trajectory, run, trajectory
+from .forward import ForwardState
+from .tower import HyperState, ReverseState, hyperoptimize, learned_names, stack
+from .trace import Trajectory, hypergrads, hyperparams, run, trajectory
 
-__all__ = ["rules", "trace", "RuleState", "values", "sgd", "sgd_per_param", "adagrad", "rmsprop", "adam",
-           "HyperState", "hyperoptimize", "stack", "hyperparams", "hypergrads", "learned_names",
-           "Trajectory", "run", "trajectory", "lopt_scale", "scaled"]
+__all__ = ["rules", "tower", "forward", "fast", "trace", "lopt_scale",
+           "RuleState", "values", "sgd", "sgd_per_param", "adagrad", "rmsprop", "adam",
+           "HyperState", "ReverseState", "ForwardState", "hyperoptimize", "stack", "learned_names",
+           "hyperparams", "hypergrads", "Trajectory", "run", "trajectory", "scaled"]

@@ -1,4 +1,5 @@
-"""Training runs that record every level's hyperparameters at every step.
+"""Every level's hyperparameters and hypergradients, read out of a tower's state, and
+training runs that record them at every step.
 
 `minilopt.train.fit` returns losses; lessons on hyperoptimizers also want to watch α,
 κ, β move. `run` is the same jitted-scan loop, plus the read-out of
@@ -13,8 +14,46 @@ from typing import Any, NamedTuple
 
 import jax
 import optax
+from jax.flatten_util import ravel_pytree
 
-from .stack import hypergrads, hyperparams
+from .rules import values
+from .tower import HyperState
+
+
+def _find_levels(state):
+    if isinstance(state, HyperState) or isinstance(getattr(state, "hyperparams", None), dict):
+        return state
+    if isinstance(state, (tuple, list)) and not hasattr(state, "_fields"):
+        for s in state:  # e.g. the state of optax.chain(hyperoptimize(...), clip)
+            found = _find_levels(s)
+            if found is not None:
+                return found
+    return None
+
+
+def hyperparams(state, raw: bool = False) -> list[dict]:
+    """Every level's current hyperparameters, bottom-up: [level 1, level 2, ...].
+
+    Values by default ({"alpha": 0.01}); raw=True gives the variables the hyper-steps
+    act on ({"sqrt_alpha": 0.1}). Works on any state, inside jit and scan: record it
+    every step to plot the trajectories."""
+    state, levels = _find_levels(state), []
+    while isinstance(state, HyperState):
+        levels.append(state.inner.hyperparams)
+        state = state.by
+    if isinstance(getattr(state, "hyperparams", None), dict):
+        levels.append(state.hyperparams)  # the top level: constant
+    return levels if raw else [values(h) for h in levels]
+
+
+def hypergrads(state) -> list[dict]:
+    """The last hypergradient of every learning level, bottom-up (raw variables)."""
+    state, out = _find_levels(state), []
+    while isinstance(state, HyperState):
+        h = {name: state.inner.hyperparams[name] for name in state.learned}
+        out.append(ravel_pytree(h)[1](state.hypergrad))
+        state = state.by
+    return out
 
 
 class Trajectory(NamedTuple):
@@ -54,4 +93,4 @@ def trajectory(task, optimizer, steps: int, key, *, params=None, raw: bool = Fal
     return jax.jit(lambda p, ks: run(loss_fn, p, optimizer, ks, raw=raw))(params, jax.random.split(k_run, steps))
 
 
-__all__ = ["Trajectory", "run", "trajectory"]
+__all__ = ["hyperparams", "hypergrads", "Trajectory", "run", "trajectory"]
