@@ -183,7 +183,6 @@ def es_spread(truncation: int, particles: int, replicas: int, horizon: int = 100
     fixed quadratic (lesson 07's problem), and the exact gradient under "jax.grad".
     Truncated estimators are averaged over one whole episode (horizon / truncation calls)."""
     import jax
-    import jax.numpy as jnp
 
     from . import tasks
     from .lopt.hand import LearnableSGD
@@ -195,23 +194,14 @@ def es_spread(truncation: int, particles: int, replicas: int, horizon: int = 100
     unroll = TruncatedUnroll(lopt, tasks.quadratic(dim=10, condition=100.0, init_scale=0.0), horizon, truncation,
                              stagger=False, clip=1e6)
 
-    def episode_means(est, calls, keys):
-        def body(states, i):
-            g, states, _ = jax.vmap(est, in_axes=(None, 0, 0))(theta, states, jax.vmap(
-                lambda k: jax.random.fold_in(k, i))(keys))
-            return states, g["log_lr"]
-
-        states = jax.vmap(est.init, in_axes=(None, 0))(theta, keys)
-        return jax.lax.scan(body, states, jnp.arange(calls))[1].mean(0)
-
     @jax.jit
     def spread(sigma, key):
         keys = jax.random.split(key, replicas)
         exact = estimators.full_grad(unroll, 1)(theta, (), key)[0]["log_lr"]
-        return {"ES (full horizon)": episode_means(estimators.es(unroll, particles, sigma), 1, keys),
-                "truncated ES": episode_means(estimators.truncated_es(unroll, particles, sigma),
-                                              horizon // truncation, keys),
-                "PES": episode_means(estimators.pes(unroll, particles, sigma), horizon // truncation, keys),
+        episodes = lambda est, calls: estimators.episode_estimates(est, theta, keys, calls)["log_lr"]  # noqa: E731
+        return {"ES (full horizon)": episodes(estimators.es(unroll, particles, sigma), 1),
+                "truncated ES": episodes(estimators.truncated_es(unroll, particles, sigma), horizon // truncation),
+                "PES": episodes(estimators.pes(unroll, particles, sigma), horizon // truncation),
                 "jax.grad": exact}
 
     return spread

@@ -307,6 +307,26 @@ def pes(unroll: TruncatedUnroll, num_pairs: int, sigma: float = 0.01) -> PES:
     return PES(unroll, num_pairs, sigma)
 
 
+def episode_estimates(estimator: Estimator, theta, keys, calls: int = 1):
+    """Independent estimates of the meta-gradient, one per key, to see an estimator's
+    spread: each is the mean of `calls` consecutive calls from a fresh state, i.e. over
+    one whole episode (1 call for `es` and `full_grad`, T/K calls for the truncated
+    estimators and `pes`). Returns θ's tree with a leading axis of len(keys): its mean
+    estimates the estimator's expectation, its standard deviation the estimator's."""
+    if not (isinstance(calls, int) and calls >= 1):
+        raise ValueError(f"episode_estimates: calls must be a positive int (T/K for a truncated estimator), "
+                         f"got {calls!r}")
+
+    def body(states, i):
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+        grad, states, _ = jax.vmap(estimator, in_axes=(None, 0, 0))(theta, states, step_keys)
+        return states, grad
+
+    states = jax.vmap(estimator.init, in_axes=(None, 0))(theta, keys)
+    grads = jax.lax.scan(body, states, jnp.arange(calls))[1]
+    return jax.tree.map(lambda g: g.mean(0), grads)
+
+
 ESTIMATORS = {"full_grad": full_grad, "truncated_grad": truncated_grad, "es": es, "truncated_es": truncated_es,
               "pes": pes}
 
