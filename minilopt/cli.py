@@ -7,8 +7,9 @@
 
 `meta-train` writes DIR/checkpoint.npz, DIR/metrics.jsonl, DIR/config.json and
 DIR/meta_loss.png. `evaluate` trains held-out tasks with the learned optimizer and
-with Adam tuned over a learning-rate grid (`train.lr_sweep`), and writes
-DIR/evaluate.png and DIR/evaluate.json. Both print where their outputs went.
+with Adam tuned over a learning-rate grid (`train.lr_sweep`), scores each task with
+`minilopt.evaluate`'s speedup measure, and writes DIR/evaluate.png and
+DIR/evaluate.json. Both print where their outputs went.
 """
 from __future__ import annotations
 
@@ -47,13 +48,13 @@ def plot_meta_loss(history: dict, path: pathlib.Path) -> pathlib.Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .viz import smooth
+    from .evaluate import trailing_mean
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     loss = history["meta_loss"]
     window = max(1, len(loss) // 20)
     ax.plot(history["step"], loss, alpha=0.3, label="meta-loss")
-    ax.plot(history["step"][window - 1:], smooth(loss, window), label=f"moving average ({window})")
+    ax.plot(history["step"], trailing_mean(loss, window), label=f"moving average ({window})")
     ax.set(xlabel="outer step", ylabel="meta-loss", title="meta-training")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=80, bbox_inches="tight")
@@ -133,11 +134,16 @@ def meta_train_command(args) -> dict:
 
 
 def evaluate_command(args) -> dict:
+    """`minilopt.evaluate`'s measure on held-out draws of one family: per task, the
+    learned optimizer's run against Adam tuned over the --num-lrs grid on the same
+    task, batches and budget, scored by `evaluate.speedup` (both curves smoothed by
+    `evaluate.trailing_mean`, w = ceil(T/10)) and summarised by `evaluate.summarize`.
+    The whole suite, with the cosine baseline, is `evaluate.evaluate(...)`."""
     import jax
     import numpy as np
     import optax
 
-    from . import train
+    from . import evaluate, train
     from .meta import trainer
 
     run = pathlib.Path(args.theta)
@@ -154,24 +160,30 @@ def evaluate_command(args) -> dict:
     lrs = np.logspace(-4, 0, args.num_lrs)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    finite = lambda x: x if math.isfinite(x) else None  # noqa: E731  (JSON has no inf)
     rows, curves = [], []
     for i in range(args.tasks):
         key = jax.random.fold_in(jax.random.key(args.seed), i)
         task = family.sample(key, "heldout")
         learned = train.fit(task, lopt.optimizer(theta, steps), steps, key)
         sweep = train.lr_sweep(task, optax.adam, lrs, steps, key)
-        lopt_final = float(train.final_loss(learned.train_loss, -1 if learned.stopped_at is None else
-                                            learned.stopped_at))
-        rows.append({"task": i, "learned_final_loss": lopt_final, "adam_final_loss": float(sweep.final_loss[sweep.best_index]),
+        adam = sweep.train_loss[sweep.best_index]
+        measure = evaluate.speedup(adam, learned.train_loss)
+        rows.append({"task": i, "speedup": measure.speedup, "speedup_is_lower_bound": measure.lower_bound,
+                     "speedup_is_upper_bound": measure.upper_bound,
+                     "learned_final_loss": finite(measure.final_lopt), "adam_final_loss": finite(measure.final_adam),
                      "adam_best_lr": sweep.best_lr})
-        curves.append((learned.train_loss, sweep.train_loss[sweep.best_index], sweep.best_lr))
-    wins = sum(r["learned_final_loss"] < r["adam_final_loss"] for r in rows)
-    summary = {"checkpoint": str(ckpt), "family": family.name, "steps": steps, "tasks": rows,
+        curves.append((learned.train_loss, adam, sweep.best_lr))
+    speedups = [r["speedup"] for r in rows]
+    wins = sum(s > 1 for s in speedups)
+    summary = {"checkpoint": str(ckpt), "family": family.name, "steps": steps, "measure": evaluate.MEASURE,
+               "adam_learning_rates": lrs.tolist(), "tasks": rows, "summary": evaluate.summarize(speedups),
                "learned_beats_tuned_adam": wins}
     (out / "evaluate.json").write_text(json.dumps(summary, indent=1) + "\n")
     png = _plot_evaluation(curves, out / "evaluate.png", family.name)
     print(f"evaluated {ckpt} on {args.tasks} held-out {family.name} tasks, {steps} steps: "
-          f"the learned optimizer ends below LR-tuned Adam on {wins}/{args.tasks}")
+          f"the learned optimizer ends below LR-tuned Adam on {wins}/{args.tasks} "
+          f"(median speedup {np.median(speedups):.2f}x)")
     print(f"  results: {out / 'evaluate.json'}\n  plot: {png}")
     return {"results": out / "evaluate.json", "plot": png}
 
@@ -181,16 +193,16 @@ def _plot_evaluation(curves, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .viz import smooth
+    from .evaluate import default_window, trailing_mean
 
     fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.8), squeeze=False)
     for ax, (learned, adam, lr) in zip(axes[0], curves):
-        w = max(1, len(learned) // 20)
-        ax.plot(smooth(learned, w), label="learned")
-        ax.plot(smooth(adam, w), label=f"Adam, tuned lr {lr:.2g}")
+        w = default_window(len(learned))
+        ax.plot(trailing_mean(learned, w), label="learned")
+        ax.plot(trailing_mean(adam, w), label=f"Adam, tuned lr {lr:.2g}")
         ax.set(yscale="log", xlabel="step")
         ax.legend(fontsize=7)
-    axes[0][0].set(ylabel="training loss", title=title)
+    axes[0][0].set(ylabel=f"training loss (trailing mean of {w})", title=title)
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -229,7 +241,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p.meta_train = m  # parse() sets a recipe's values as this sub-command's defaults
-    e = sub.add_parser("evaluate", help="compare a meta-trained optimizer with LR-tuned Adam on held-out tasks")
+    e = sub.add_parser("evaluate", help="compare a meta-trained optimizer with LR-tuned Adam on held-out tasks, "
+                                        "by minilopt.evaluate's speedup measure")
     e.add_argument("theta", help="a meta-training directory or its checkpoint.npz")
     e.add_argument("--family", default="digits_mlp")
     e.add_argument("--family-args", type=_json_arg, default={})

@@ -6,23 +6,24 @@ from typing import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .evaluate import trailing_mean
+
 
 def smooth(y, window: int = 1) -> np.ndarray:
-    """Moving average over `window` steps (valid part only, so no edge artefacts)."""
-    y = np.asarray(y, dtype=np.float64)
-    if window <= 1 or len(y) < window:
-        return y
-    return np.convolve(y, np.ones(window) / window, mode="valid")
+    """The full windows of `trailing_mean(y, window)` (y itself when it is shorter than
+    the window): kept for lesson 08's notebook, which plots them from step `window`."""
+    return trailing_mean(y, window)[window - 1:] if len(y) >= window else np.asarray(y, np.float64)
 
 
 def plot_curves(curves: Mapping[str, np.ndarray], ax=None, *, window: int = 1, log: bool = True,
                 title: str | None = None, xlabel: str = "step", ylabel: str = "training loss"):
-    """One line per named loss curve (NaNs after a stop are simply not drawn)."""
+    """One line per named loss curve, each the trailing mean over `window` steps
+    (`evaluate.trailing_mean`: NaN, so not drawn, before the first full window and after a stop)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.2))
     for label, y in curves.items():
-        y = smooth(y, window)
-        ax.plot(np.arange(len(y)) + (window - 1 if window > 1 else 0), y, label=label)
+        y = trailing_mean(y, window)
+        ax.plot(np.arange(len(y)), y, label=label)
     if log:
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -84,8 +85,9 @@ def plot_schedule(results, ax=None, *, window: int = 1, title: str = "step size 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.2))
     for label, r in _named(results):
-        y = smooth(r.step, window)
-        ax.plot(r.fraction[: len(y)] + (window - 1) / 2 / len(r.fraction), y, label=label)
+        full = slice(window - 1, None)  # the full windows, each drawn at its middle
+        y = trailing_mean(r.step, window)[full]
+        ax.plot(np.asarray(r.fraction)[full] - (window - 1) / 2 / len(r.fraction), y, label=label)
     ax.set(yscale="log", xlabel="training fraction t / T", ylabel="step size |Δ| / |g|", title=title)
     if isinstance(results, Mapping):
         ax.legend(fontsize=8)

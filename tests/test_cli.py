@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from minilopt import cli
+from minilopt import cli, evaluate
 from minilopt.meta import trainer
 
 TRAIN = ["meta-train", "--lopt", "sgd", "--lopt-args", '{"learning_rate": 0.01}', "--family", "quadratic",
@@ -57,6 +57,10 @@ def test_evaluate_compares_with_tuned_adam(run_dir, capsys):
     for row in results["tasks"]:
         assert np.min(np.abs(np.log10(row["adam_best_lr"]) - np.array([-4, -2, 0]))) < 1e-5
         assert np.isfinite(row["learned_final_loss"]) and np.isfinite(row["adam_final_loss"])
+        # minilopt.evaluate's measure: faster (> 1) exactly when the learned optimizer ends lower
+        assert 0.1 <= row["speedup"] <= 10
+        assert (row["speedup"] > 1) == (row["learned_final_loss"] < row["adam_final_loss"])
+    assert results["measure"] == evaluate.MEASURE and results["summary"]["tasks"] == 1
 
 
 def test_bad_input_is_reported_clearly(tmp_path, capsys):
