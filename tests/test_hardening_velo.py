@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from minilopt.lopt import velo as V
+from minilopt.lopt import velo_fast as VF
 
 
 def test_bounded_step_is_the_reference_product_below_the_bound():
@@ -20,8 +21,9 @@ def test_bounded_step_is_the_reference_product_below_the_bound():
     np.testing.assert_array_equal(got[~inside], np.sign(exact[~inside]) * V.STEP_BOUND)
 
 
+@pytest.mark.parametrize("path", ["reference", "fast"])
 @pytest.mark.parametrize("case", ["outlier", "huge_grads", "tiny_params", "denormal"])
-def test_untrained_velo_updates_are_bounded_for_finite_inputs(case):
+def test_untrained_velo_updates_are_bounded_for_finite_inputs(case, path):
     theta = V.VeLO(hidden=32, mixtures=16).init(jax.random.PRNGKey(3))
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     p = {"w": 0.05 * jax.random.normal(k1, (256, 256)), "b": jnp.zeros(256)}
@@ -35,7 +37,8 @@ def test_untrained_velo_updates_are_bounded_for_finite_inputs(case):
     else:
         g = jax.tree.map(lambda x: x * 1e-40, g)
     state = V.velo_init_state(theta, p, 100, False)
-    step = jax.jit(lambda s, g, p: V.velo_step(theta, s, g, p, 1.0, 100, debug=True))
+    velo_step = V.velo_step if path == "reference" else VF.velo_step
+    step = jax.jit(lambda s, g, p: velo_step(theta, s, g, p, 1.0, 100, debug=True))
     for _ in range(3):
         updates, state, info = step(state, g, p)
         for (path, u), x, lr in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(p),

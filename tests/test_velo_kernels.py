@@ -4,12 +4,13 @@ The kernels run on GPU only (the statistics kernel for large 2-D tensors); here 
 interpreter, which executes the same kernel bodies tile by tile, masks included.
 
 - The statistics kernel's 26 sums, and the factored kernel's row and column sums
-  of g², equal their definitions (spec §5–6), computed independently in float64
+  of g², equal their definitions, computed independently in float64
   with numpy, on shapes that do not divide into tiles, with NaN, ±inf and 1e30
   gradients and bfloat16 parameters.
 - A whole VeLO step that takes the kernels for its matrices (both orientations of the
   factored axes; or the factored sums' kernel only, for some) gives the same update
-  and state as the jnp code path, which the parity tests check against the reference.
+  and state as the fast path's XLA code, which test_velo_fast.py checks against the
+  reference.
 - `split_columns` cuts each state vector out exactly, and differentiates as a slice.
 """
 import jax
@@ -20,6 +21,7 @@ import pytest
 from minilopt.lopt import VeLO
 from minilopt.lopt import features as F
 from minilopt.lopt import velo as V
+from minilopt.lopt import velo_fast as VF
 from minilopt.lopt import velo_kernels as K
 
 if K.plgpu is None:
@@ -54,8 +56,7 @@ def test_statistics_kernel_matches_the_definitions(shape, dtype):
     f0 = jax.random.uniform(ks[6], (3, shape[0]), minval=0.5, maxval=2.0)
     f1 = jax.random.uniform(ks[7], (3, shape[1]), minval=0.5, maxval=2.0)
     shift = jnp.array([m[0][0, 0], m[1][0, 0], m[2][0, 0], rms[0, 0]])
-    got = K.statistics_sums([(p, g, m, rms)], f0, f1, [(0, 0)], momentum_decays=V.MOMENTUM_DECAYS,
-                            rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True)[0]
+    got = K.statistics_sums([(p, g, m, rms)], f0, f1, [(0, 0)], interpret=True)[0]
     want = reference_sums(np.asarray(p.astype(jnp.float32)), np.asarray(g), [np.asarray(x) for x in m],
                           np.asarray(rms), np.asarray(f0), np.asarray(f1), np.asarray(shift))
     assert got.shape == (K.NUM_SUMS + 4,) and np.all(np.isfinite(got))
@@ -66,14 +67,11 @@ def test_statistics_kernel_matches_the_definitions(shape, dtype):
     # the factors read in place from one shared array, between other columns (as VeLO passes them)
     shared = jnp.concatenate([jnp.full((3, 5), 7.0), f1, jnp.full((3, 3), -2.0), f0, jnp.full((3, 2), 9.0)], axis=1)
     starts = (5 + shape[1] + 3, 5)
-    in_place = K.statistics_sums([(p, g, m, rms)], shared, shared, [starts], momentum_decays=V.MOMENTUM_DECAYS,
-                                 rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP, interpret=True)[0]
+    in_place = K.statistics_sums([(p, g, m, rms)], shared, shared, [starts], interpret=True)[0]
     np.testing.assert_allclose(np.asarray(in_place[:K.NUM_SUMS]), np.asarray(got), rtol=1e-6)
     # with another tensor of another shape in the same call (its partial sums are added in the same reduction)
     other = [x.T[:20] for x in (p, g)] + [[x.T[:20] for x in m], rms.T[:20]]
-    both = K.statistics_sums([tuple(other), (p, g, m, rms)], shared, shared, [(0, 0), starts],
-                             momentum_decays=V.MOMENTUM_DECAYS, rms_decay=V.RMS_DECAYS[0], grad_clip=V.GRAD_CLIP,
-                             interpret=True)
+    both = K.statistics_sums([tuple(other), (p, g, m, rms)], shared, shared, [(0, 0), starts], interpret=True)
     assert both.shape == (2, K.NUM_SUMS + 4)
     np.testing.assert_allclose(np.asarray(both[1, :K.NUM_SUMS]), np.asarray(got), rtol=1e-6)
     both = both[:, :K.NUM_SUMS]
@@ -96,7 +94,7 @@ def test_kernel_is_only_for_large_matrices_on_gpu(monkeypatch):
 
 
 def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
-    velo = VeLO(hidden=16, mixtures=4)
+    velo = VeLO(hidden=16, mixtures=4, fast=True)
     theta = velo.init(jax.random.PRNGKey(0))
     opt = velo.optimizer(theta, num_steps=50)
     ks = jax.random.split(jax.random.PRNGKey(1), 4)
@@ -144,11 +142,11 @@ def test_derivatives_and_vmap_through_the_kernel_path():
     def loss(p, g, use_kernel):
         fac0 = jax.tree.map(lambda v: v + 0.5, fac)  # an older factored state, updated with g·p
         if use_kernel:  # the kernel path: factored_matrices, then the statistics kernel
-            ((new_fac, factors, rowcol),) = V.factored_matrices([fac0], [g * p])
-            ((stats, mean_sq),) = V.matrix_statistics([p], [g], [m], [rms], [(factors, rowcol)])
+            ((new_fac, factors, rowcol),) = VF.factored_matrices([fac0], [g * p])
+            ((stats, mean_sq),) = VF.matrix_statistics([p], [g], [m], [rms], [(factors, rowcol)])
         else:
             new_fac = F.factored_update(fac0, g * p, V.FACTORED_DECAYS)
-            stats, mean_sq = V.tensor_statistics(p, g, m, rms, new_fac)
+            stats, mean_sq = VF.tensor_statistics(p, g, m, rms, new_fac)
         return jnp.sum(stats) + jnp.sum(jnp.log(mean_sq)) + sum(jnp.sum(jnp.log(v)) for v in new_fac.values())
 
     def run(use_kernel):
@@ -178,7 +176,7 @@ def test_factored_sums_match_the_definitions(shape, dtype):
 
     # with a second, differently shaped g in the same call: all partial sums are added in one reduction
     other = g.T[:, :9]
-    (along1, along0), (other1, other0) = K.factored_sums([g, other], grad_clip=V.GRAD_CLIP, interpret=True)
+    (along1, along0), (other1, other0) = K.factored_sums([g, other], interpret=True)
     assert along1.shape == (shape[0],) and along0.shape == (shape[1],)
     np.testing.assert_allclose(np.asarray(along1), want(g).sum(axis=1), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(along0), want(g).sum(axis=0), rtol=1e-5)
@@ -192,7 +190,7 @@ def test_segment_means_equal_the_means_of_each_run():
     x = jax.random.normal(jax.random.PRNGKey(7), (3, 12))
     owner = np.array([0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2])
     sizes = np.array([3.0, 1.0, 8.0])
-    got = V.segment_means(x, owner, sizes)
+    got = VF.segment_means(x, owner, sizes)
     xs = np.asarray(x, np.float64)
     want = np.stack([xs[:, owner == k].sum(axis=1) / sizes[k] for k in range(3)], axis=1)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)

@@ -25,6 +25,7 @@ import optax
 import pytest
 
 from minilopt.lopt import velo as V
+from minilopt.lopt import velo_fast as VF
 from helpers import fixture_theta
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "velo")
@@ -137,20 +138,24 @@ def case(request):
     return name, CASES[name], d, theta
 
 
-@pytest.fixture(scope="module", params=["packed", "per_tensor"])
+@pytest.fixture(scope="module", params=["reference", "fast_packed", "fast_per_tensor"])
 def debug_step(request):
-    """One jitted debug step. "packed": the fixture's small tensors share one pass of
-    each kind (the default); "per_tensor": every tensor takes the large-tensor path,
-    one pass of each kind of its own. Both must reproduce the reference."""
-    large = 0 if request.param == "per_tensor" else V.LARGE_TENSOR
-    step = jax.jit(lambda th, s, g, p, l: V.velo_step(th, s, g, p, l, NUM_STEPS, debug=True))
+    """One jitted debug step. "reference": `velo.velo_step`, the math as it reads;
+    "fast_packed": `velo_fast.velo_step`, the fixture's small tensors sharing one pass
+    of each kind (its default); "fast_per_tensor": every tensor on the fast path's
+    large-tensor code, one pass of each kind of its own. All must reproduce the
+    reference implementation."""
+    if request.param == "reference":
+        return jax.jit(lambda th, s, g, p, l: V.velo_step(th, s, g, p, l, NUM_STEPS, debug=True))
+    large = 0 if request.param == "fast_per_tensor" else VF.LARGE_TENSOR
+    step = jax.jit(lambda th, s, g, p, l: VF.velo_step(th, s, g, p, l, NUM_STEPS, debug=True))
 
     def run(*args):
-        saved, V.LARGE_TENSOR = V.LARGE_TENSOR, large  # read while tracing
+        saved, VF.LARGE_TENSOR = VF.LARGE_TENSOR, large  # read while tracing
         try:
             return step(*args)
         finally:
-            V.LARGE_TENSOR = saved
+            VF.LARGE_TENSOR = saved
     return run
 
 
@@ -319,18 +324,18 @@ def test_packing_round_trips_and_pads_with_zeros():
     padded with zeros, and unpacks to itself."""
     shapes = [(), (128,), (129,), (3, 5), (2, 1, 4, 3), (1,)]
     arrays = [jnp.arange(1, 1 + int(np.prod(s)), dtype=jnp.float32).reshape(s) for s in shapes]
-    layout = V.packing(shapes)
-    packed = V.pack(arrays, layout)
-    assert packed.shape == (1 + 1 + 2 + 1 + 1 + 1, V.PACK_ROW)
+    layout = VF.packing(shapes)
+    packed = VF.pack(arrays, layout)
+    assert packed.shape == (1 + 1 + 2 + 1 + 1 + 1, VF.PACK_ROW)
     assert list(layout.starts) == [0, 1, 2, 4, 5, 6]
     assert float(packed.sum()) == sum(float(a.sum()) for a in arrays)  # the padding adds nothing
     assert float(packed[3, 0]) == 129.0 and float(packed[3, 1]) == 0.0  # (129,): a row and one element
-    for a, b in zip(V.unpack(packed, layout), arrays):
+    for a, b in zip(VF.unpack(packed, layout), arrays):
         assert a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_take_rows_is_indexing():
     w = jnp.arange(120.0).reshape(30, 4)
-    for rows in (V.ROW_CHANNELS, V.COL_CHANNELS, [k for k in range(30) if k not in V.ROW_COL_CHANNELS], [7]):
-        np.testing.assert_array_equal(np.asarray(V.take_rows(w, rows)), np.asarray(w)[np.asarray(rows)])
+    for rows in (VF.ROW_CHANNELS, VF.COL_CHANNELS, [k for k in range(30) if k not in VF.ROW_COL_CHANNELS], [7]):
+        np.testing.assert_array_equal(np.asarray(VF.take_rows(w, rows)), np.asarray(w)[np.asarray(rows)])

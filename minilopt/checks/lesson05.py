@@ -27,11 +27,8 @@ def lstm_statistics_reference(p, m, rms):
     """The 7 per-tensor LSTM statistics [mean_rms, var_m (3), var_rms (3)] from p,
     m (p.shape + (3,)) and rms (p.shape + (1,))."""
     p = jnp.asarray(p, jnp.float32)
-    fac = features.factored_init(p, 3)
     momenta = tuple(jnp.moveaxis(jnp.asarray(m, jnp.float32), -1, 0))   # minilopt keeps one array per decay
-    stats, _ = jax.jit(velo.tensor_statistics)(p, jnp.zeros_like(p), momenta,
-                                               jnp.asarray(rms, jnp.float32)[..., 0], fac)
-    return np.asarray(stats)
+    return np.asarray(jax.jit(velo.lstm_statistics)(p, momenta, jnp.asarray(rms, jnp.float32)[..., 0]))
 
 
 def mix_reference(controls, stacked):

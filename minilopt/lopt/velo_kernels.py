@@ -1,22 +1,23 @@
 """VeLO's passes over large matrices as hand-written GPU kernels (Pallas, Triton backend).
 
-Before its update, VeLO needs 26 sums over every tensor (`velo.tensor_statistics`):
+Before its update, VeLO needs 26 sums over every tensor (`velo_fast.tensor_statistics`):
 the LSTM's shifted sums of the OLD m and rms, and the mean square of each of the 18
-full-size MLP channels, computed from the UPDATED accumulators. The jnp version is
-the reference; XLA compiles it (GPU) into a first kernel that stores the updated
-m, rms and clipped g, and a second that reads them back and sums them at about 400
-instructions per element: 2.2x the time of reading the inputs, on a 22M tensor.
+full-size MLP channels, computed from the UPDATED accumulators. XLA compiles the jnp
+version (GPU) into a first kernel that stores the updated m, rms and clipped g, and a
+second that reads them back and sums them.
 
 This kernel reads p, g, the 3 momenta and rms once, tile by tile, recomputes the
-accumulators in registers, and writes one partial sum per program and statistic;
+accumulators and channels in registers with the reference's own functions
+(`velo.clean_gradient`, `velo.accumulate`, `velo.channels`), and writes one partial
+sum per program and statistic;
 one XLA reduction adds the partials of every matrix. Tiles are 2-D, so the
 factored preconditioner row_f[j]·col_f[i] is one product of two small vectors,
 with no index arithmetic.
 
 `factored_sums` is the other reduction a matrix needs before its update: the
 factored second moment's means of g² along each axis, from one read of g.
-Both functions take all the large matrices of a step at once (`velo.matrix_statistics`,
-`velo.factored_matrices`): a kernel per matrix, then one reduction for all, where
+Both functions take all the large matrices of a step at once (`velo_fast.matrix_statistics`,
+`velo_fast.factored_matrices`): a kernel per matrix, then one reduction for all, where
 each small reduction would be a kernel launch of its own.
 
 `split_columns` hands the factored state of all matrices, updated in one array,
@@ -25,7 +26,8 @@ back as one state leaf per vector, in one kernel.
 The statistics kernel runs on GPU for large 2-D tensors (`applies`), the
 factored sums for every 2-D tensor there (`factored_applies`);
 `interpret=True` runs them anywhere (slowly), which is how the tests check them
-against the jnp reference on CPU.
+against their definitions on CPU. The kernels are optional: `velo_fast` runs its
+XLA code where this module or Pallas's Triton backend does not load.
 
 Derivatives: Triton kernels have none, so each function is differentiated as
 its jnp version (`jax.custom_jvp`): `jax.grad` and `jax.vmap` go through them on
@@ -40,15 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 from jax.custom_derivatives import SymbolicZero
-try:  # jax 0.11 deprecates Pallas's Triton backend; a jax without it runs VeLO's jnp code everywhere
+try:  # jax deprecates Pallas's Triton backend; without it `velo_fast` runs its XLA code everywhere
     from jax.experimental.pallas import triton as plgpu
 except ImportError:
     plgpu = None
 
+from .velo import accumulate, channels, clean_gradient
+
 NUM_SUMS = 26
 LANES = 32           # each program writes its 26 sums (+ 4 shifts) into one column of 32 (a power of 2)
 BLOCK = (1, 128)     # rows × columns of one tile
-NUM_WARPS = 1        # one warp per program: 26 accumulators of 4 elements per thread (H200: 10% faster than 2)
+NUM_WARPS = 1        # one warp per program: 26 accumulators of 4 elements per thread
 NUM_STAGES = 3       # Triton prefetches the next tiles while one is summed
 MIN_PROGRAMS = 1024  # split the columns until there are about this many programs
 MIN_SIZE = 1 << 16   # smaller tensors: the jnp code (the kernel would be mostly launch cost)
@@ -63,42 +67,34 @@ def applies(shape) -> bool:
 def factored_applies(shape) -> bool:
     """Are a tensor's factored sums (`factored_sums`) taken by the kernel? For every
     matrix on GPU: where the statistics kernel applies, and for smaller ones too,
-    whose two reductions XLA (GPU) otherwise runs as separate slow kernels (a
-    (1536, 10) matrix's sums over 1536 rows took 6 µs on an H200)."""
+    whose two reductions XLA (GPU) otherwise runs as separate slow kernels."""
     return ENABLED and jax.default_backend() == "gpu" and len(shape) == 2 and min(shape) >= 1
 
 
-def _clip_gradient(g, grad_clip):
-    """NaN → 0, then clipped to ±grad_clip (so ±inf → ±grad_clip), as `velo.clip_gradient`."""
-    return jnp.clip(jnp.where(g != g, 0.0, g), -grad_clip, grad_clip)
+def _terms(p, g, m, rms, f0, f1, shifts, ok):
+    """The 26 per-element terms whose sums `velo_fast.tensor_statistics` needs, in its order:
 
+        m_i − c_i (3), rms − c_r, their squares (4), then the squares of the 18 channels
+        of `velo.channels` that vary along both axes (all but the row/column ones)
 
-def _terms(p, g, m, rms, f0, f1, shifts, ok, momentum_decays, rms_decay, grad_clip):
-    """The 26 per-element terms whose sums `velo.tensor_statistics` needs, in its order:
-
-        m_i − c_i (3), rms − c_r, their squares (4), then the squares of the channels
-        g, clip(g, ±0.1), p, m'_i (3), rms', m'_i·r (3), r, g·F_i (3), g·r, m'_i·F_i (3)
-
-    with g clipped (NaN → 0, ±inf → ±1000), m', rms' the updated accumulators,
-    r = rsqrt(rms' + 1e-6) and F_i = f0[i]·f1[i] the factored preconditioner (f0[i]
-    varies along rows, f1[i] along columns), and the shifts c the first elements of
-    m_0, m_1, m_2 and rms. `ok` masks the elements outside the tensor, where the
-    kernel reads zeros; the other terms are zero there anyway.
+    from the clipped g and the updated accumulators, with F_i = f0[i]·f1[i] the factored
+    preconditioner (f0[i] varies along rows, f1[i] along columns), and the shifts c
+    the first elements of m_0, m_1, m_2 and rms. `ok` masks the elements outside the
+    tensor, where the kernel reads zeros: every term is zero there but the channel
+    r = rsqrt(rms' + 1e-6), and the shifted sums.
     """
-    g = _clip_gradient(g, grad_clip)
-    m_new = [b * mi + (1 - b) * g for b, mi in zip(momentum_decays, m)]
-    rms_new = rms_decay * rms + (1 - rms_decay) * g * g
-    r = jnp.where(ok, jax.lax.rsqrt(rms_new + 1e-6), 0.0)
+    g = clean_gradient(g)
+    m_new, rms_new = accumulate(g, m, rms)
     fac = [a * b for a, b in zip(f0, f1)]
+    chans = channels(p, g, m_new, rms_new, fac, fac, [])
+    chans[10] = jnp.where(ok, chans[10], 0.0)  # r
     dm = [jnp.where(ok, mi - c, 0.0) for mi, c in zip(m, shifts)]
     dr = jnp.where(ok, rms - shifts[3], 0.0)
-    channels = [g, jnp.clip(g, -0.1, 0.1), p, *m_new, rms_new, *[mi * r for mi in m_new], r,
-                *[g * f for f in fac], g * r, *[mi * f for mi, f in zip(m_new, fac)]]
-    return [*dm, dr, *[x * x for x in dm], dr * dr, *[c * c for c in channels]]
+    return [*dm, dr, *[x * x for x in dm], dr * dr, *[c * c for c in chans]]
 
 
 def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, f0_ref, f1_ref, out_ref, *,
-                  shape, block, tiles, constants, starts):
+                  shape, block, tiles, starts):
     """This program's 26 sums (`_terms`) over its row block and its range of column tiles."""
     R, C = shape
     s0, s1 = starts  # where the factors along rows and along columns begin in f0_ref, f1_ref
@@ -125,7 +121,7 @@ def _stats_kernel(p_ref, g_ref, m0_ref, m1_ref, m2_ref, rms_ref, f0_ref, f1_ref,
         rms = tile(rms_ref)
         f1 = [plgpu.load(f1_ref.at[pl.ds(k, 1), pl.ds(s1 + col0, BC)], mask=col_ok[None, :], other=0.0)
               for k in range(3)]  # (1, BC)
-        return _terms(p, g, m, rms, f0, f1, shifts, ok, **constants)
+        return _terms(p, g, m, rms, f0, f1, shifts, ok)
 
     # Sum elementwise over this program's tiles, then across the tile once at the end:
     # a cross-thread reduction per tile and statistic would cost more than the reads.
@@ -169,9 +165,8 @@ def add_columns(partials: list):
     return jnp.sum(jnp.concatenate([jnp.pad(x, ((0, depth - x.shape[0]), (0, 0))) for x in partials], axis=1), axis=0)
 
 
-def statistics_sums(tensors, f0, f1, starts, *, momentum_decays, rms_decay, grad_clip,
-                    block=None, interpret: bool = False):
-    """The 26 sums of `velo.tensor_statistics` over each of several 2-D tensors,
+def statistics_sums(tensors, f0, f1, starts, *, block=None, interpret: bool = False):
+    """The 26 sums of `velo_fast.tensor_statistics` over each of several 2-D tensors,
     not yet divided by their sizes, then the 4 shifts: (k, 30). One kernel per
     tensor, then one reduction of all their partial sums.
 
@@ -184,8 +179,6 @@ def statistics_sums(tensors, f0, f1, starts, *, momentum_decays, rms_decay, grad
     the large arrays. Off GPU the kernel runs in Pallas's interpreter."""
     block = block or BLOCK
     interpret = interpret or jax.default_backend() != "gpu"  # Triton compiles for GPUs only
-    constants = dict(momentum_decays=tuple(np.float32(b) for b in momentum_decays),
-                     rms_decay=np.float32(rms_decay), grad_clip=float(grad_clip))
     starts = [tuple(int(x) for x in s) for s in starts]
 
     def partials(p, g, m, rms, f0, f1, starts):
@@ -193,8 +186,7 @@ def statistics_sums(tensors, f0, f1, starts, *, momentum_decays, rms_decay, grad
         splits = min(col_blocks, pl.cdiv(MIN_PROGRAMS, row_blocks))  # column ranges per row block
         tiles = pl.cdiv(col_blocks, splits)                          # tiles per program
         grid = (row_blocks, pl.cdiv(col_blocks, tiles))
-        kernel = functools.partial(_stats_kernel, shape=(R, C), block=block, tiles=tiles, constants=constants,
-                                   starts=starts)
+        kernel = functools.partial(_stats_kernel, shape=(R, C), block=block, tiles=tiles, starts=starts)
         out = pl.pallas_call(
             kernel, grid=grid, interpret=interpret, name="velo_statistics",
             out_shape=jax.ShapeDtypeStruct((LANES,) + grid, jnp.float32),
@@ -211,7 +203,7 @@ def statistics_sums(tensors, f0, f1, starts, *, momentum_decays, rms_decay, grad
             R, C = p.shape
             shifts = [x[0, 0] for x in (*m, rms)]
             terms = _terms(p.astype(jnp.float32), g.astype(jnp.float32), m, rms, [f[:, None] for f in f0[:, s0:s0 + R]],
-                           [f[None, :] for f in f1[:, s1:s1 + C]], shifts, True, **constants)
+                           [f[None, :] for f in f1[:, s1:s1 + C]], shifts, True)
             out.append(jnp.stack([jnp.sum(t) for t in terms] + shifts))
         return jnp.stack(out)
 
@@ -225,11 +217,11 @@ def statistics_sums(tensors, f0, f1, starts, *, momentum_decays, rms_decay, grad
 # ---------------------------------------------------------------------------
 FACTORED_BLOCK = (8, 256)  # rows × columns of one tile; 16 rows when there are many rows
 FACTORED_MIN_PROGRAMS = 256
-FACTORED_SPLITS = 6  # column ranges per row block: 6× the programs (H200, 1536²: 21 µs for 4 matrices, was 35)
+FACTORED_SPLITS = 6  # column ranges per row block: 6× the programs
 FACTORED_WARPS = 2
 
 
-def _factored_kernel(g_ref, row_ref, col_ref, *, shape, block, tiles, grad_clip):
+def _factored_kernel(g_ref, row_ref, col_ref, *, shape, block, tiles):
     """Partial row sums over this program's BR rows and column range, and its partial
     column sums, of clip(g)² + 1e-30."""
     R, C = shape
@@ -244,7 +236,7 @@ def _factored_kernel(g_ref, row_ref, col_ref, *, shape, block, tiles, grad_clip)
         col_ok = cols < C
         ok = row_ok[:, None] & col_ok[None, :]
         g = plgpu.load(g_ref.at[pl.ds(i * BR, BR), pl.ds(col0, BC)], mask=ok, other=0.0).astype(jnp.float32)
-        sq = jnp.where(ok, jnp.square(_clip_gradient(g, grad_clip)) + 1e-30, 0.0)
+        sq = jnp.where(ok, jnp.square(clean_gradient(g)) + 1e-30, 0.0)
         plgpu.store(col_ref.at[i, pl.ds(col0, BC)], jnp.sum(sq, axis=0), mask=col_ok)
         return row_sums + jnp.sum(sq, axis=1)
 
@@ -252,15 +244,14 @@ def _factored_kernel(g_ref, row_ref, col_ref, *, shape, block, tiles, grad_clip)
     plgpu.store(row_ref.at[j, pl.ds(i * BR, BR)], row_sums, mask=row_ok)
 
 
-def factored_sums(gs, *, grad_clip, block=None, interpret: bool = False):
+def factored_sums(gs, *, block=None, interpret: bool = False):
     """Per 2-D g in `gs`: (Σ over axis 1, Σ over axis 0) of clip(g)² + 1e-30, shapes
     (R,) and (C,).
 
     Both from one read of g: each program sums a block of rows over a range of
     columns and writes its partial row and column sums; one reduction then adds the
     partials of every g at once. XLA (GPU) instead stores g² for the second
-    reduction to read back: 14 µs in two kernels on a 1536² tensor (H200), against
-    about 5 µs for this one. Off GPU the kernel runs in Pallas's interpreter."""
+    reduction to read back. Off GPU the kernel runs in Pallas's interpreter."""
     interpret = interpret or jax.default_backend() != "gpu"
 
     def partials(g):
@@ -269,8 +260,7 @@ def factored_sums(gs, *, grad_clip, block=None, interpret: bool = False):
         row_blocks, col_blocks = pl.cdiv(R, blk[0]), pl.cdiv(C, blk[1])
         tiles = pl.cdiv(col_blocks, min(col_blocks, FACTORED_SPLITS))  # column tiles per program
         grid = (row_blocks, pl.cdiv(col_blocks, tiles))
-        kernel = functools.partial(_factored_kernel, shape=(R, C), block=blk, tiles=tiles,
-                                   grad_clip=float(grad_clip))
+        kernel = functools.partial(_factored_kernel, shape=(R, C), block=blk, tiles=tiles)
         row_partials, col_partials = pl.pallas_call(
             kernel, grid=grid, interpret=interpret, name="velo_factored_sums",
             out_shape=(jax.ShapeDtypeStruct((grid[1], R), jnp.float32),
@@ -288,7 +278,7 @@ def factored_sums(gs, *, grad_clip, block=None, interpret: bool = False):
     def with_jnp(gs):
         out = []
         for g in gs:
-            sq = jnp.square(_clip_gradient(g.astype(jnp.float32), float(grad_clip))) + 1e-30
+            sq = jnp.square(clean_gradient(g)) + 1e-30
             out.append((jnp.sum(sq, axis=1), jnp.sum(sq, axis=0)))
         return tuple(out)
 
@@ -306,9 +296,9 @@ def split_columns(v, starts, lengths, *, interpret: bool = False):
     v (rows, total), all in ONE kernel; program (k, c) copies chunk c of piece k.
 
     VeLO keeps the factored state of all the matrices side by side in one (3, n)
-    array (`velo.factored_matrices`), and hands each vector back as a state leaf of
-    its own: XLA made each such slice a kernel of its own (~1.1 µs each on an H200,
-    8 of them at 10M parameters). Off GPU the kernel runs in Pallas's interpreter."""
+    array (`velo_fast.factored_matrices`), and hands each vector back as a state leaf
+    of its own: XLA makes each such slice a kernel of its own. Off GPU the kernel runs
+    in Pallas's interpreter."""
     interpret = interpret or jax.default_backend() != "gpu"
     starts, lengths = tuple(int(s) for s in starts), tuple(int(n) for n in lengths)
 
