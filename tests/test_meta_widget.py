@@ -3,13 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from minilopt import widgets
 from minilopt.meta import estimators
 from minilopt.meta.unroll import TruncatedUnroll
-from minilopt.tasks.base import Task, pytree_dataclass, static
+from test_meta_estimators import Drift, LinearTask  # loss w·x + c + ½a|x|², and x_t = t·θ
 
 
 def test_es_explorer_callback_redraws_without_recompiling_sigma():
@@ -31,33 +30,8 @@ def test_es_explorer_estimates_show_bias_and_unbiasedness():
 
 # ---- estimators.episode_estimates, which the explorer draws -------------------------------
 
-@pytree_dataclass
-class LinearTask(Task):
-    """loss(x) = w·x: with x moved by θ each step, the meta-loss is linear in θ."""
-    w: jnp.ndarray
-    name: str = static("linear")
-
-    def init(self, key):
-        return {"x": jnp.zeros_like(self.w)}
-
-    def batch(self, key, split="train"):
-        return jnp.zeros(())
-
-    def loss(self, params, batch):
-        return jnp.dot(self.w, params["x"])
-
-
-class Drift:
-    """An "optimizer" that ignores gradients and moves x by θ each step: x_t = t·θ."""
-    name = "drift"
-
-    def init(self, key=None):
-        return {"v": jnp.zeros(3)}
-
-    def optimizer(self, theta, num_steps=None):
-        return optax.GradientTransformationExtraArgs(
-            lambda params: optax.EmptyState(),
-            lambda grads, state, params=None, **kw: ({"x": theta["v"] + 0 * grads["x"]}, state))
+def linear(w):
+    return LinearTask(jnp.asarray(w), jnp.float32(0.0), jnp.float32(0.0))  # loss w·x
 
 
 def test_episode_estimates_of_es_on_a_linear_meta_loss_have_the_gaussian_spread():
@@ -66,7 +40,7 @@ def test_episode_estimates_of_es_on_a_linear_meta_loss_have_the_gaussian_spread(
     N pairs divide that by N. Checked on 400 independent estimates."""
     w = np.array([1.0, -2.0, 0.5], np.float32)
     a, pairs, replicas = 2 * w.astype(np.float64), 4, 400
-    unroll = TruncatedUnroll(Drift(), LinearTask(jnp.asarray(w)), 4, 4, normalise=False, clip=1e9, stagger=False)
+    unroll = TruncatedUnroll(Drift(), linear(w), 4, 4, normalise=False, clip=1e9, stagger=False)
     keys = jax.random.split(jax.random.PRNGKey(0), replicas)
     est = jax.jit(lambda k: estimators.episode_estimates(estimators.es(unroll, pairs, 0.1), Drift().init(), k))(keys)
     est = np.asarray(est["v"], np.float64)
@@ -83,7 +57,7 @@ def test_episode_estimates_average_the_calls_of_one_episode():
     mean(w·x_2, w·(x_2 + θ)), gradient w/2. Their mean is 0.75 w (the whole episode's
     gradient is 2w: the short-horizon bias)."""
     w = np.array([1.0, -2.0, 0.5], np.float32)
-    unroll = TruncatedUnroll(Drift(), LinearTask(jnp.asarray(w)), 4, 2, normalise=False, clip=1e9, stagger=False)
+    unroll = TruncatedUnroll(Drift(), linear(w), 4, 2, normalise=False, clip=1e9, stagger=False)
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     est = estimators.episode_estimates(estimators.truncated_grad(unroll, 1), Drift().init(), keys, calls=2)
     np.testing.assert_allclose(np.asarray(est["v"]), np.tile(0.75 * w, (3, 1)), rtol=1e-5)
