@@ -17,6 +17,9 @@ Optimizers: optax.adam (the baseline), minilopt VeLO at the released size
 (H=512, P=256, random weights: the cost does not depend on their values), and the
 per-parameter MLP and L2L LSTM learned optimizers when `minilopt.lopt.mlp` /
 `minilopt.lopt.lstm` provide them (imported defensively; the JSON says which ran).
+`--velo-path` picks VeLO's code (one or more): `fast` (velo_fast, with the Pallas
+kernels where they load; label velo_512x256), `fast_xla` (velo_fast without the
+kernels: velo_512x256_xla) and `reference` (velo.py: velo_512x256_reference).
 
 Reference points (H200, from the issue): Adam 0.09 ms at 10M and 0.69 ms at 100M
 (28 bytes/param); the reference VeLO implementation 7.4 ms and 64 ms (~700 bytes/param).
@@ -24,6 +27,7 @@ Target: minilopt VeLO <= 4x Adam at 10M and 100M.
 
     python benchmarks/lopt_step.py --quick   # CPU: 0.1M and 1M parameters
     python benchmarks/lopt_step.py           # GPU: 1M, 10M, 100M (< 4 min on an H100)
+    python benchmarks/lopt_step.py --sizes 1e7 1e8 --velo-path fast fast_xla reference
 
 Writes results/lopt_step[_quick]_<platform>.json and .png.
 """
@@ -48,7 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import RESULTS, device_info  # noqa: E402
 
-from minilopt.lopt import VeLO  # noqa: E402
+from minilopt.lopt import VeLO, velo_fast  # noqa: E402
 
 DEPTH = 4  # hidden layers of the MLP tree
 
@@ -66,11 +70,27 @@ def mlp_tree(n_params: int, key) -> dict:
             for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))}
 
 
-def learned_optimizers(num_steps: int) -> tuple[dict, dict]:
+VELO_LABELS = {"fast": "velo_512x256", "fast_xla": "velo_512x256_xla", "reference": "velo_512x256_reference"}
+
+
+def without_kernels(opt):
+    """`opt` (a VeLO on the fast path) traced with no Pallas kernels: its XLA code only."""
+    def update(*args, **kwargs):
+        saved, velo_fast.kernels = velo_fast.kernels, None  # read while tracing
+        try:
+            return opt.update(*args, **kwargs)
+        finally:
+            velo_fast.kernels = saved
+    return optax.GradientTransformationExtraArgs(opt.init, update)
+
+
+def learned_optimizers(num_steps: int, velo_paths=("fast",)) -> tuple[dict, dict]:
     """label -> optimizer, and label -> why it is missing."""
     found, missing = {}, {}
-    velo = VeLO(hidden=512, mixtures=256)
-    found["velo_512x256"] = velo.optimizer(velo.init(jax.random.PRNGKey(0)), num_steps)
+    for path in velo_paths:
+        velo = VeLO(hidden=512, mixtures=256, fast=path != "reference")
+        opt = velo.optimizer(velo.init(jax.random.PRNGKey(0)), num_steps)
+        found[VELO_LABELS[path]] = without_kernels(opt) if path == "fast_xla" else opt
     for module, cls_name, label in (("minilopt.lopt.mlp", "MLPLOpt", "mlp_lopt"),
                                     ("minilopt.lopt.lstm", "LSTMLOpt", "lstm_lopt")):
         try:
@@ -188,19 +208,21 @@ def main():
     parser.add_argument("--quick", action="store_true", help="CPU sizes (0.1M, 1M)")
     parser.add_argument("--sizes", type=float, nargs="*", help="parameter counts, e.g. 1e6 1e7")
     parser.add_argument("--optimizers", nargs="*", help="labels to time (default: all), e.g. optax.adam velo_512x256")
+    parser.add_argument("--velo-path", nargs="+", default=["fast"], choices=sorted(VELO_LABELS),
+                        help="VeLO's code to time: fast (default), fast_xla (no Pallas kernels), reference")
     parser.add_argument("--budget", type=float, default=210.0,
                         help="seconds; learned optimizers not yet timed when it runs out are skipped")
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000, 100_000_000]
     sizes = [int(s) for s in args.sizes] if args.sizes else sizes
     target, repeats = (0.5, 2) if args.quick else (0.3, 3)
-    learned, missing = learned_optimizers(num_steps=10_000)
+    learned, missing = learned_optimizers(num_steps=10_000, velo_paths=args.velo_path)
     opts = {"optax.adam": optax.adam(1e-3), **learned}
     if args.optimizers:
         opts = {k: v for k, v in opts.items() if k in args.optimizers or k == "optax.adam"}
     results, started = {n: {} for n in sizes}, time.perf_counter()
-    core = ["optax.adam", "velo_512x256"]   # always timed, first; the others get what is left of --budget
-    order = [(n, label) for n in sizes for label in core] + \
+    core = ["optax.adam", *[VELO_LABELS[p] for p in args.velo_path]]  # timed first; the rest get what is left
+    order = [(n, label) for n in sizes for label in core if label in opts] + \
             [(n, label) for n in sizes for label in opts if label not in core]
     for n, label in order:
         if label not in core and time.perf_counter() - started > args.budget:
@@ -222,7 +244,8 @@ def main():
     results = {n: {label: results[n][label] for label in opts} for n in sizes}
     ratios = {label: {str(n): results[n][label]["ms_per_step"] / results[n]["optax.adam"]["ms_per_step"]
                       for n in sizes if "ms_per_step" in results[n][label]} for label in opts}
-    payload = {"device": device_info(), "quick": args.quick, "sizes": sizes,
+    payload = {"device": device_info(), "quick": args.quick, "sizes": sizes, "velo_paths": args.velo_path,
+               "pallas_kernels_loaded": velo_fast.kernels is not None,
                "optimizers_found": list(opts), "optimizers_missing": missing,
                "ratio_to_adam": ratios, "results": {str(n): r for n, r in results.items()},
                "wall_seconds": time.perf_counter() - started}

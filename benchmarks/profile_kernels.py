@@ -7,6 +7,7 @@ that cost most. The gap between wall time and kernel time is launch latency and 
 
     python benchmarks/profile_kernels.py adam --size 1e8        # optax.adam, lopt_step's MLP tree
     python benchmarks/profile_kernels.py velo --size 1e7        # VeLO 512/256
+    python benchmarks/profile_kernels.py velo --velo-path reference   # or fast_xla: without Pallas kernels
     python benchmarks/profile_kernels.py Adam/SGD --batch 256   # a hyper_overhead.py optimizer
 
 `--hlo FILE` also writes the compiled (optimised) HLO of the loop, to match kernel
@@ -28,15 +29,13 @@ import jax.numpy as jnp
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
-def lopt_case(name: str, size: int, steps: int):
+def lopt_case(name: str, size: int, steps: int, velo_path: str = "fast"):
     import optax
     import lopt_step
     if name == "adam":
         opt = optax.adam(1e-3)
     else:
-        from minilopt.lopt import VeLO
-        velo = VeLO(512, 256)
-        opt = velo.optimizer(velo.init(jax.random.PRNGKey(0)), 10_000)
+        opt = lopt_step.learned_optimizers(10_000, [velo_path])[0][lopt_step.VELO_LABELS[velo_path]]
     params = lopt_step.mlp_tree(size, jax.random.PRNGKey(0))
     grads = jax.tree.map(lambda p: 1e-3 * jnp.sin(p * 7.0), params)
     state = jax.tree.map(jnp.copy, opt.init(params))
@@ -81,9 +80,11 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--hlo", help="write the compiled loop's HLO text here")
+    ap.add_argument("--velo-path", default="fast", choices=["fast", "fast_xla", "reference"],
+                    help="VeLO's code: velo_fast (with Pallas kernels where they load), without them, or velo.py")
     args = ap.parse_args()
     if args.what in ("adam", "velo"):
-        run, carry, loop, lower_args = lopt_case(args.what, int(args.size), args.steps)
+        run, carry, loop, lower_args = lopt_case(args.what, int(args.size), args.steps, args.velo_path)
     else:
         run, carry, loop, lower_args = hyper_case(args.what, args.batch, args.steps)
     if args.hlo:
