@@ -6,6 +6,8 @@
     python benchmarks/evaluate_pretrained.py --weights DIR    # other weights (config.json + theta.npz)
     python benchmarks/evaluate_pretrained.py --resume         # keep the tasks already in the results files,
                                                               # run the rest (split a run over time-limited calls)
+    python benchmarks/evaluate_pretrained.py --baselines DIR  # keep each task's Adam sweeps in DIR and reuse them
+    python benchmarks/evaluate_pretrained.py --baselines DIR --only-baselines --tasks ...   # fill DIR only
 
 The measure and both baselines (tuned Adam at a constant rate, and with warmup +
 cosine decay) are those of `minilopt.evaluate`; one Adam sweep per task serves every
@@ -18,16 +20,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pathlib
 import sys
 import time
 
 import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
 from minilopt import evaluate as E  # noqa: E402
+from minilopt.lopt.checkpoint import write_npz  # noqa: E402
+from minilopt.train import SweepResult  # noqa: E402
 
 from _common import RESULTS, device_info  # noqa: E402
 
@@ -39,6 +45,27 @@ def candidates(args) -> dict:
     if args.weights:
         return {pathlib.Path(args.weights).name: P.load(args.weights)}
     return {name: P.load(P.weights_dir(name)) for name in (args.names or P.NAMES)}
+
+
+def cached_baselines(directory, entry, key, seed: int) -> dict:
+    """`E.adam_baselines(entry, key)`, kept in `directory` as one .npz per task and
+    reused while the task's name, budget, seed and Adam grid are those it was made
+    with (they are stored in the file and compared, so a changed suite recomputes)."""
+    if directory is None:
+        return E.adam_baselines(entry, key)
+    tag = {"name": entry.name, "steps": entry.steps, "seed": seed, "grid": [float(x) for x in E.ADAM_LRS]}
+    path = pathlib.Path(directory) / (entry.name.replace("/", "__") + ".npz")
+    if path.exists():
+        with np.load(path) as f:
+            if json.loads(str(f["tag"])) == tag:
+                return {s: SweepResult(*(f[f"{s}/{k}"] for k in SweepResult._fields[:-2]),
+                                       int(f[f"{s}/best_index"]), float(f[f"{s}/best_lr"]))
+                        for s in E.SCHEDULES}
+        print(f"{path}: made for another task, budget, seed or grid; recomputing", flush=True)
+    sweeps = E.adam_baselines(entry, key)
+    arrays = {f"{s}/{k}": np.asarray(v) for s, sweep in sweeps.items() for k, v in sweep._asdict().items()}
+    write_npz(path, {**arrays, "tag": np.asarray(json.dumps(tag))})
+    return sweeps
 
 
 def write_outputs(results, stem):
@@ -59,6 +86,8 @@ def main():
     ap.add_argument("--tasks", nargs="+", help="only these suite tasks (by name)")
     ap.add_argument("--resume", action="store_true", help="keep tasks already in the results files")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baselines", help="a directory that keeps each task's tuned-Adam sweeps for reuse")
+    ap.add_argument("--only-baselines", action="store_true", help="fill --baselines and stop")
     args = ap.parse_args()
 
     opts = candidates(args)
@@ -85,11 +114,20 @@ def main():
     command = "python benchmarks/evaluate_pretrained.py " + " ".join(sys.argv[1:])
     key, t0 = jax.random.key(args.seed), time.perf_counter()
     print(f"{len(suite)} tasks, budget {steps} steps, {list(opts)}, on {jax.devices()[0]}", flush=True)
+    if args.baselines:
+        pathlib.Path(args.baselines).mkdir(parents=True, exist_ok=True)
+    if args.only_baselines:
+        if not args.baselines:
+            raise SystemExit("--only-baselines needs --baselines DIR")
+        for entry in suite:
+            cached_baselines(args.baselines, entry, key, args.seed)
+            print(f"baselines {entry.name} {time.perf_counter() - t0:.0f} s", flush=True)
+        return
     for entry in suite:
         todo = [n for n in opts if entry.name not in {r["name"] for r in rows[n]}]
         if not todo:
             continue
-        baselines = E.adam_baselines(entry, key)
+        baselines = cached_baselines(args.baselines, entry, key, args.seed)
         for name in todo:
             w = opts[name]
             row = E.evaluate_task(lambda T, w=w: w.lopt.optimizer(w.theta, T), entry, key, baselines=baselines)
