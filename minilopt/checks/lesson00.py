@@ -56,8 +56,8 @@ def check_per_example_grads(per_example_grads):
 
 def check_gd_scan(gd_scan):
     """gd_scan(f, x0, lr, steps) -> (x_final, losses), losses[i] = f(x_i) before step i."""
-    hint = ("carry x through jax.lax.scan; each step records the loss at the current x, then takes the step "
-            "x - lr * grad f(x); the scan stacks the records")
+    hint = ("the carry is x; each step records the loss at the x it starts from (before moving), then moves "
+            "downhill; the scan stacks the records")
     for h, lr, steps in [(np.array([1.0, 0.5, 0.1]), 0.5, 10), (np.array([2.0]), 0.1, 1), (np.array([1.0, 3.0]), 0.3, 25)]:
         f = lambda x, h=h: 0.5 * jnp.sum(jnp.asarray(h, jnp.float32) * x**2)
         x0 = jnp.ones(len(h), jnp.float32)
@@ -78,8 +78,8 @@ def check_two_normals(two_normals):
     Checked by properties, not by exact values: the same key gives the same numbers, a
     different key different ones, a and b differ, and their moments are those of
     independent N(0, 1) draws."""
-    hint = ("a key is used once: split it into two keys and draw a from one and b from the other, with "
-            "jax.random (numpy's global generator ignores the key)")
+    hint = ("a key is used once: derive two new keys from it, one per array, and draw with jax.random "
+            "(numpy's global generator ignores the key)")
     key = jax.random.key(7)
     got = call(two_normals, key, (20_000,), what="two_normals", hint=hint)
     if not (isinstance(got, tuple) and len(got) == 2):
@@ -105,3 +105,63 @@ def check_two_normals(two_normals):
     if abs(corr) > 0.05:
         fail("a and b are correlated", "a correlation near 0", corr, hint)
     print(f"two_normals: reproducible, independent (correlation {corr:+.3f}), standard normal")
+
+
+# ---- Investigative exercise: where a finite-difference check breaks --------------------------------
+
+FD_ACCURATE, FD_BROKEN = 1e-3, 0.1   # relative errors: "agrees with grad" and "useless as a check"
+
+
+def fd_problems():
+    """(f, x, f'(x) in closed form, description): smooth scalar functions, evaluated in float32."""
+    return [(lambda x: jnp.sin(3.0 * x), 0.7, 3.0 * np.cos(2.1), "sin(3x) at x = 0.7"),
+            (lambda x: jnp.exp(x) * x**2, 1.3, float(np.exp(1.3) * (1.3**2 + 2 * 1.3)), "x² eˣ at x = 1.3")]
+
+
+def central_difference_error(f, x, eps, exact) -> float:
+    """|(f(x + ε) − f(x − ε)) / 2ε − f'(x)| / |f'(x)|, computed in float32 (JAX's default)."""
+    x32, e32 = np.float32(x), np.float32(eps)
+    fd = (f(jnp.float32(x32 + e32)) - f(jnp.float32(x32 - e32))) / (2 * jnp.float32(e32))
+    return float(abs(float(fd) - exact) / abs(exact))
+
+
+def check_fd_steps(fd_steps):
+    """fd_steps(f, x) -> (too_small, good, too_large): three step sizes ε for the central difference
+    (f(x + ε) − f(x − ε)) / 2ε in float32, in increasing order, where it is useless (relative error
+    ≥ 0.1), accurate (≤ 1e-3), and useless again. Checked by the errors at the returned steps, on two
+    functions whose derivative is known in closed form, not by exact values."""
+    hint = ("measure before you answer: compare the central difference with jax.grad(f)(x) over many step "
+            "sizes, decades apart, and look at where the relative error is smallest and where it grows again "
+            "on either side")
+    for f, x, exact, what in fd_problems():
+        got = call(fd_steps, f, x, what="fd_steps", hint=hint)
+        if not (isinstance(got, (tuple, list)) and len(got) == 3):
+            fail(f"fd_steps for {what} must return (too_small, good, too_large)", "three step sizes", got, hint)
+        try:
+            steps = [float(s) for s in got]
+        except (TypeError, ValueError):
+            fail(f"fd_steps for {what}: each step size must be a number", "three positive numbers", got, hint)
+        if not all(np.isfinite(s) and s > 0 for s in steps):
+            fail(f"fd_steps for {what}: step sizes must be finite and positive", "three positive numbers", got, hint)
+        too_small, good, too_large = steps
+        if not too_small < good < too_large:
+            fail(f"fd_steps for {what}: return the steps in increasing order (too_small, good, too_large)",
+                 "too_small < good < too_large", got, "the too-small step is the smallest of the three")
+        err = {name: central_difference_error(f, x, s, exact)
+               for name, s in zip(("too_small", "good", "too_large"), steps)}
+        if not err["good"] <= FD_ACCURATE:
+            fail(f"at your good step {good:.3g}, the central difference of {what} is off by a relative "
+                 f"{err['good']:.2g}", f"<= {FD_ACCURATE:g}", err["good"], hint)
+        if not err["too_small"] >= FD_BROKEN:
+            fail(f"at your too-small step {too_small:.3g}, the central difference of {what} is still accurate "
+                 f"(relative error {err['too_small']:.2g}): rounding has not taken over yet",
+                 f">= {FD_BROKEN:g}", err["too_small"],
+                 "float32 keeps about 7 significant digits: as the step shrinks, f(x + eps) - f(x - eps) "
+                 "loses more of them, but only when few are left does the quotient become useless. Go smaller")
+        if not err["too_large"] >= FD_BROKEN:
+            fail(f"at your too-large step {too_large:.3g}, the central difference of {what} is still accurate "
+                 f"(relative error {err['too_large']:.2g})", f">= {FD_BROKEN:g}", err["too_large"],
+                 "the central difference is exact for a parabola; it fails once the step is as large as the "
+                 "distance over which f stops looking like one. Go larger")
+        print(f"fd_steps on {what}: relative error {err['too_small']:.2g} at {too_small:.2g}, "
+              f"{err['good']:.1e} at {good:.2g}, {err['too_large']:.2g} at {too_large:.2g}")
