@@ -35,7 +35,8 @@ def best_lr_reference(learning_rates, final_losses):
 
 def check_momentum_step(momentum_step):
     """momentum_step(g, m, lr, beta) -> (delta, new_m)."""
-    hint = "heavy-ball momentum adds the raw gradient to the faded momentum (no 1 - beta factor), and steps along the new m"
+    hint = ("heavy-ball momentum is a fading sum, not an average: the whole gradient joins the faded momentum, "
+            "and the step follows the new momentum")
     for case in range(3):
         g, m = _RNG.normal(size=5), _RNG.normal(size=5)
         lr, beta = [0.1, 0.01, 1.0][case], [0.9, 0.5, 0.0][case]
@@ -50,8 +51,8 @@ def check_momentum_step(momentum_step):
 
 def check_adam_step(adam_step):
     """adam_step(g, m, v, t, lr) -> (delta, new_m, new_v), with t = 1 at the first step."""
-    hint = ("update m and v first, then divide by (1 - b1**t) and (1 - b2**t) before the step; "
-            "eps goes outside the square root")
+    hint = ("update m and v first; both start at zero and are biased low early on, so correct each by its "
+            "decay's power of t before the step; eps is added after the square root")
     for t in (1, 2, 10):
         g, m, v = _RNG.normal(size=4), 0.1 * _RNG.normal(size=4), _RNG.uniform(0.01, 0.1, size=4)
         got = call(adam_step, g, m, v, t, 1e-3, what="adam_step", hint=hint)
@@ -98,3 +99,74 @@ def check_best_lr_on_sweep(best_lr, sweep):
                  best_lr_reference(lrs, last), got, hint)
     print(f"best_lr on the sweep: {float(got):.3g}, skipping the {diverged} runs that diverged")
     return float(got)
+
+
+# ---- Investigative exercise: the edge of stability -------------------------------------------------
+
+EDGE_RATIO = 1.2   # the bracket must pin the edge down to within 20%
+
+
+def run_outcomes(task, make_optimizer, learning_rates, steps, key):
+    """[(first loss, last loss, diverged)] of one run per rate, as `train.fit(task, make_optimizer(lr),
+    steps, key)` would train it (`train.lr_sweep`: the same init and batches, one compiled program).
+
+    A run diverged if it stopped on a non-finite value or ended above the loss it started from:
+    a loss that grows is diverging, long before it overflows to NaN."""
+    from .. import train
+    sweep = train.lr_sweep(task, make_optimizer, learning_rates, steps, key)
+    out = []
+    for losses, stopped in zip(sweep.train_loss, sweep.stopped_at):
+        first, last = float(losses[0]), float(losses[-1])
+        out.append((first, last, bool(stopped >= 0) or not np.isfinite(last) or last > first))
+    return out
+
+
+def edge_cases():
+    """(task, make_optimizer, description, the edge in closed form): SGD and heavy-ball momentum on the
+    lesson's quadratic, whose largest curvature is h = 1. Gradient descent on ½hx² multiplies x by
+    (1 − lr·h) each step, so it diverges for lr > 2/h; with momentum β the limit is 2(1 + β)/h."""
+    import optax
+    from .. import tasks
+    task = tasks.quadratic()
+    return [(task, optax.sgd, "SGD", 2.0),
+            (task, lambda lr: optax.sgd(lr, momentum=0.9), "SGD with momentum 0.9", 3.8)]
+
+
+def check_edge_of_stability(edge_of_stability, steps: int = 100):
+    """edge_of_stability(task, make_optimizer, steps, key) -> (stable_lr, unstable_lr): two rates within
+    20% of each other, where `train.fit` trains (the loss ends below where it started) at the first and
+    diverges at the second. Checked by running both, not against a formula."""
+    import jax
+    hint = ("the boundary between 'trains' and 'diverges' is one rate: bracket it with a rate on each side, "
+            "then shrink the bracket (a fine sweep with train.lr_sweep, or bisection), judging each run by "
+            "whether its loss ended below where it started")
+    key = jax.random.key(0)
+    for task, make, what, closed_form in edge_cases():
+        got = call(edge_of_stability, task, make, steps, key, what="edge_of_stability", hint=hint)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            fail(f"edge_of_stability for {what} must return (stable_lr, unstable_lr)", "two learning rates", got,
+                 hint)
+        try:
+            stable, unstable = float(got[0]), float(got[1])
+        except (TypeError, ValueError):
+            fail(f"edge_of_stability for {what}: the rates must be numbers", "two positive numbers", got, hint)
+        if not (np.isfinite(stable) and np.isfinite(unstable) and 0 < stable < unstable):
+            fail(f"edge_of_stability for {what}: need 0 < stable_lr < unstable_lr", "stable_lr < unstable_lr",
+                 got, "the first rate is the one that trains, the second, larger one diverges")
+        if unstable / stable > EDGE_RATIO:
+            fail(f"edge_of_stability for {what}: the bracket ({stable:.3g}, {unstable:.3g}) spans a factor "
+                 f"{unstable / stable:.2f}", f"a factor <= {EDGE_RATIO}", unstable / stable,
+                 "narrow it: try rates between your two, keeping one on each side of the edge")
+        (first, last, diverged), (first_u, last_u, diverged_u) = run_outcomes(task, make, [stable, unstable],
+                                                                              steps, key)
+        if diverged:
+            grew = np.isfinite(last)
+            fail(f"{what} at your stable rate {stable:.4g} diverged: its loss went from {first:.3g} to "
+                 f"{last:.3g} in {steps} steps", "a final loss below the first", last,
+                 "a run diverges as soon as its loss ends above where it started, long before it overflows "
+                 "to NaN: judge each run by its last loss against its first, not by NaN alone" if grew else hint)
+        if not diverged_u:
+            fail(f"{what} at your unstable rate {unstable:.4g} trained: its loss went from {first_u:.3g} to "
+                 f"{last_u:.3g} in {steps} steps", "a final loss above the first, or NaN", last_u, hint)
+        print(f"edge_of_stability for {what}: trains at {stable:.4g}, diverges at {unstable:.4g} "
+              f"(the closed form for the largest curvature says {closed_form:g})")
