@@ -50,3 +50,34 @@ def test_off_by_one_alphas_fail():
         return np.array(alphas)
     with pytest.raises(ExerciseError, match=r"(?s)expected.*got.*record alpha after"):
         L.check_baydin_alphas(recorded_before_update)
+
+
+# The investigative exercise: the range of alpha0 from which a run recovers.
+def solution_recovery_range(make_optimizer, final_accuracy, claim=None):
+    """A log grid over the search range, a factor 1.78 apart: the first and last alpha0 that recover."""
+    grid = np.logspace(-6, 2, 33)
+    ok = np.flatnonzero(final_accuracy(make_optimizer, grid) >= L.RECOVERED)
+    return float(grid[ok[0]]), float(grid[ok[-1]])
+
+
+def test_the_recovery_reference_passes_and_shows_the_tower_widens_the_range_downwards_only():
+    found = L.check_recovery_range(solution_recovery_range)
+    (plain_lo, plain_hi), (tower_lo, tower_hi) = found.values()
+    assert tower_lo < plain_lo / 100       # the hypergradient rescues a far too small start ...
+    assert tower_hi < 3 * plain_hi         # ... not a far too large one
+    assert_blank_answers_fail(L.check_recovery_range)
+
+
+def test_claiming_the_tower_recovers_from_any_alpha0_fails_with_a_hint():
+    calls = []
+    def overclaim(make_optimizer, final_accuracy):   # right for plain SGD, then "the tower fixes everything"
+        calls.append(1)
+        return solution_recovery_range(make_optimizer, final_accuracy) if len(calls) == 1 else (1e-6, 100.0)
+    with pytest.raises(ExerciseError, match=r"(?s)SGD/SGD.*alpha0 = 100.*does not recover.*expected.*got.*"
+                                            r"first steps are taken at alpha0 itself"):
+        L.check_recovery_range(overclaim)
+
+
+def test_a_range_that_stops_short_fails():
+    with pytest.raises(ExerciseError, match=r"(?s)plain SGD still recovers.*twice your hi.*expected.*got.*further up"):
+        L.check_recovery_range(lambda make, acc: (0.05, 0.3))
