@@ -43,3 +43,25 @@ def test_tower_one_level_short_fails():
 def test_adam_without_inject_hyperparams_fails_with_the_fix():
     with pytest.raises(ExerciseError, match="inject_hyperparams"):
         L.check_hyper_adam(lambda lr, hyper_lr: hyper.hyperoptimize(optax.adam(lr), by=optax.sgd(hyper_lr)))
+
+
+# The investigative exercise: a tower that survives alpha0 = 1.
+def test_survivor_references_pass_and_a_blank_fails():
+    assert L.check_survivor(lambda a: [hyper.sgd(a)] * 3) < L.SURVIVED                         # taller
+    assert L.check_survivor(lambda a: [hyper.sgd(a, log_alpha=True), hyper.sgd(a)]) < L.SURVIVED  # log alpha
+    assert_blank_answers_fail(L.check_survivor)
+
+
+def test_the_sensitivity_experiments_tower_of_height_one_fails_with_a_hint():
+    with pytest.raises(ExerciseError, match=r"(?s)2 levels.*test error.*expected.*got.*damps or re-scales"):
+        L.check_survivor(lambda a: [hyper.sgd(a), hyper.sgd(a)])
+
+
+def test_a_smaller_start_higher_up_fails():
+    with pytest.raises(ExerciseError, match=r"(?s)level 2's step size must start at alpha0.*expected.*got.*hint"):
+        L.check_survivor(lambda a: [hyper.sgd(a), hyper.sgd(1e-3)])
+
+
+def test_plain_sgd_is_not_a_tower():
+    with pytest.raises(ExerciseError, match=r"(?s)at least two.*expected.*got.*not a tower"):
+        L.check_survivor(lambda a: [hyper.sgd(a)])
