@@ -67,13 +67,13 @@ def test_normalising_the_whole_array_at_once_fails_with_a_hint():
 
 def test_time_features_without_the_sharpness_fail():
     wrong = lambda t, T, fr: np.tanh(t / T - np.asarray(fr))
-    with pytest.raises(ExerciseError, match="(?s)time features at t=0.*expected.*got.*tanh\\(10"):
+    with pytest.raises(ExerciseError, match="(?s)time features at t=0.*expected.*got.*factor 10"):
         L.check_time_features(wrong)
 
 
 def test_step_without_exp_mult_fails():
     wrong = lambda d, mu, c1, c2: d * np.exp(mu) * c2
-    with pytest.raises(ExerciseError, match="(?s)expected.*got.*mu \\* exp_mult"):
+    with pytest.raises(ExerciseError, match="(?s)expected.*got.*scaled by exp_mult"):
         L.check_step(wrong)
 
 
@@ -95,3 +95,28 @@ def test_tensor_update_with_the_wrong_sign_fails():
 def test_tensor_update_returning_a_pair_fails():
     with pytest.raises(ExerciseError, match="triple"):
         L.check_tensor_update(lambda *a: (jnp.zeros(3), jnp.zeros(3)))
+
+
+# The investigative exercise: make the learned optimizer fail.
+def test_a_far_start_makes_the_learned_optimizers_fail_and_a_blank_fails():
+    from minilopt import tasks
+    L.check_failing_task(lambda: tasks.quadratic(dim=10, condition=10.0, init_scale=100.0))
+    assert_blank_answers_fail(L.check_failing_task)
+
+
+def test_a_hard_task_that_the_learned_optimizer_solves_fails():
+    from minilopt import tasks   # ill-conditioned, but the learned optimizer still gains 10x: not a failure
+    with pytest.raises(ExerciseError, match=r"(?s)solved your task.*expected.*got.*normalised over the tensor"):
+        L.check_failing_task(lambda: tasks.quadratic(dim=10, condition=1e4))
+
+
+def test_a_task_that_defeats_sgd_too_fails():
+    from minilopt import tasks
+    with pytest.raises(ExerciseError, match=r"(?s)does not solve your task either.*expected.*got.*every optimizer"):
+        L.check_failing_task(lambda: tasks.noisy_quadratic(dim=10, condition=10.0, noise=1.0))
+
+
+def test_a_task_that_is_not_a_quadratic_fails():
+    from minilopt import tasks
+    with pytest.raises(ExerciseError, match=r"(?s)must return a quadratic.*expected.*got.*hint"):
+        L.check_failing_task(lambda: tasks.digits_mlp())
