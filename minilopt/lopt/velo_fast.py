@@ -26,14 +26,16 @@ side by side into one array, so all of them take one statistics pass and one upd
 pass (`packed_statistics`, `packed_step`), and the factored state of the kernel-path
 matrices is updated in one (3, n) array (`factored_matrices`).
 
-Pallas kernels (`velo_kernels`) take the statistics pass and the means of g² of the
-matrices on GPU, where XLA's code for them re-reads memory. They are optional: they
-need Pallas's Triton backend, which jax has deprecated. Where it does not load,
-`kernels` is None and every tensor takes the XLA code here, which is this module's
-default everywhere but on a GPU with the kernels. The formulas are the reference's,
-imported from `velo` (the channels, the accumulators, the gradient clip, the LSTM, the
-mixing, the bounded step): only their arrangement differs, and tests/test_velo_fast.py
-checks this module's steps against the reference's.
+On GPU, Pallas kernels (`velo_kernels`) take the statistics pass and the means of g²
+of the matrices, where XLA's code for them re-reads memory. They are optional, as they
+need Pallas's Triton backend, which jax has deprecated: where it does not import,
+`kernels` is None and every tensor takes the XLA code of this module, as it does off
+GPU. Nothing else depends on them.
+
+The formulas are the reference's, imported from `velo` (the channels, the
+accumulators, the gradient clip, the LSTM, the mixing, the bounded step): only their
+arrangement differs, and tests/test_velo_fast.py checks this module's steps against
+the reference's.
 """
 from __future__ import annotations
 
@@ -109,7 +111,8 @@ def fused_inputs(p, g, m, rms, small, after=None):
     (row/column factors, the MLP's weights, …) once per element inside the fused
     loop; and (c) with `after` (the previous tensor's results), fusing the passes
     of several tensors into one kernel: XLA's horizontal fusion would make one
-    thread compute every tensor's MLP at once, which spills registers (GPU). Then p → float32 and g → clipped, inside the pass.
+    thread compute every tensor's MLP at once, which spills registers (GPU).
+    Then p → float32 and g → clipped, inside the pass.
     """
     p, g, m, rms, small, _ = jax.lax.optimization_barrier((p, g, m, rms, small, after))
     return jnp.asarray(p, jnp.float32), clean_gradient(g), m, rms, small
@@ -121,11 +124,7 @@ def tensor_statistics(p, g, m, rms, fac):
     Inputs: the raw parameter and gradient, the OLD momenta and rms, and the UPDATED
     factored state (its row/column means of g² are the only other pass). Returns:
 
-    - the 7 LSTM statistics, in order mean_rms (1), var_m (3), var_rms (3):
-          s        = rsqrt(max(1e-9, mean(p²)))      (m and rms are scaled by s, not s²)
-          mean_rms = cliplog(mean(s·rms))
-          var_m    = cliplog(mean((s·m − mean(s·m))²))          per momentum
-          var_rms  = cliplog(mean((s·rms − mean(s·m))²))        the reference's quirk
+    - the 7 LSTM statistics of `velo.lstm_statistics`: mean_rms (1), var_m (3), var_rms (3);
     - mean(x²) of each of the 30 MLP channels (the per-channel normalisers).
 
     The variances come from shifted sums: with c = the tensor's first element,
@@ -290,7 +289,7 @@ def segment_means(x, owner, sizes):
     owners run in order, each over consecutive columns: each run is padded with
     zeros to the longest and all are summed in ONE reduction, in float32 and in a
     fixed order (a product with the 0/1 matrix of owners needs HIGHEST precision, as
-    TF32 on GPUs would round to 1e-3, and was slower; a scatter-add sums in no fixed
+    TF32 on GPUs would round to 1e-3, and is slower; a scatter-add sums in no fixed
     order)."""
     bounds = np.searchsorted(owner, np.arange(len(sizes) + 1))
     width = int(np.max(np.diff(bounds)))
@@ -397,10 +396,8 @@ def packed_step(x, layout: Packing, mean_sq, w: dict, lr_mult):
 
 
 # ---------------------------------------------------------------------------
-# The optimizer
+# Matrices on the kernel path (GPU): their factored state in one array
 # ---------------------------------------------------------------------------
-
-
 def factored_matrices(facs, grads):
     """The factored second moment of the matrices whose sums of g² take the GPU
     kernel (`velo_kernels.factored_applies`), all at once: per matrix, (updated
@@ -496,6 +493,9 @@ def matrix_pass_weights(mats: list, shapes: list, w: dict, mean_sq, lr_mult):
     return shared, [select_for(i, mat, shape) for i, (mat, shape) in enumerate(zip(mats, shapes))]
 
 
+# ---------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------
 def velo_step(theta, state: VeLOState, grads, params, loss, num_steps: int,
               carry_lstm_state: bool = True, debug: bool = False):
     """`velo.velo_step`, in few passes over memory: the same arguments and results."""
