@@ -36,9 +36,8 @@ previous hyperparameters and its hyper-optimizer's state, and counts the step in
 
     ok = all(isfinite(g_t)),   Δ_t = where(ok, U(g_t, s_t; h_t), 0),   s_{t+1} = where(ok, s_t', s_t)
 
-and counts in `state.skipped`. No non-finite value reaches the weights. Parameters
-must be real floating point, and gradients must have the parameters' tree and
-shapes: anything else is a ValueError that names the leaf.
+and counts in `state.skipped`. No non-finite value reaches the weights. Parameters must be
+real floating point, and gradients of the parameters' tree and shapes: else a ValueError names the leaf.
 
 One hyper-step size per hyperparameter: use a per-leaf SGD level,
 `stack(rules.adam(), rules.sgd_per_param({"alpha": 1e-5, "atanh_beta1": 1e-3, "atanh_beta2": 1e-3}))`.
@@ -217,8 +216,8 @@ def hyperoptimize(inner, by, *, learn: str | Sequence[str] | None = None,
 
         # 3. this level's update, with the new hyperparameters
         inner_in = with_hyperparams(state.inner, new_h)
-        updates, inner_state = unless_skipped(grads_ok, *inner.update(grads, inner_in, params, **extra_args),
-                                              inner_in)
+        updates, inner_state = inner.update(grads, inner_in, params, **extra_args)
+        updates, inner_state = unless_skipped(grads_ok, updates, inner_state, inner_in)
         return updates, ReverseState(
             inner=inner_state, by=by_state, hypergrad=ravel_pytree(hypergrad)[0],
             nonfinite=state.nonfinite + (~ok).astype(jnp.int32), skipped=state.skipped + (~grads_ok).astype(jnp.int32),
