@@ -1,6 +1,8 @@
 """Checkers for lesson 02: hypergradient descent (Baydin et al. 2018)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,11 +90,13 @@ RECOVERED = 0.9            # test accuracy after the run that counts as "recover
 RANGE_FLOOR, RANGE_CEILING = 1e-6, 100.0   # the α0 the search looks at
 
 
+@functools.lru_cache(maxsize=None)
 def recovery_setup(steps: int = 600, chunk: int = 8):
     """(final_accuracy, steps): final_accuracy(make_optimizer, alpha0s) trains the lesson's digits MLP
     (64 tanh units, batch 32, key 1) for `steps` steps once per α0 and returns the test accuracies.
     `make_optimizer(alpha0)` must accept a traced α0, as the rules do. The runs are vmapped, `chunk` at a
-    time, so each make_optimizer compiles once, whatever the number of α0 asked for."""
+    time, so each make_optimizer compiles once, whatever the number of α0 asked for (and the setup is made
+    once per process, so a second check reuses the compiled runs)."""
     from .. import hyper, tasks
     task = tasks.digits_mlp(hidden=(64,), activation="tanh", batch_size=32)
     k_init, k_run = jax.random.split(jax.random.key(1))
@@ -112,10 +116,12 @@ def recovery_setup(steps: int = 600, chunk: int = 8):
     return final_accuracy, steps
 
 
+@functools.lru_cache(maxsize=None)
 def _recovery_cases():
+    """The same two make_optimizer functions on every call, so their compiled runs are reused."""
     from .. import hyper
-    return [(lambda a: hyper.sgd(a), "plain SGD"),
-            (lambda a: hyper.stack(hyper.sgd(a), hyper.sgd(0.01)), "SGD/SGD (kappa = 0.01)")]
+    return ((lambda a: hyper.sgd(a), "plain SGD"),
+            (lambda a: hyper.stack(hyper.sgd(a), hyper.sgd(0.01)), "SGD/SGD (kappa = 0.01)"))
 
 
 def check_recovery_range(recovery_range, slack: float = 0.02):
