@@ -1,5 +1,7 @@
 """Checkers of lesson 05: hand-written answers pass; blank and typical wrong answers
 fail with a message holding expected, got and a hint."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,55 @@ def test_blank_answers_fail_with_a_hint(check):
 def test_typical_wrong_answers_fail_with_expected_got_and_hint(check, wrong, words):
     with pytest.raises(ExerciseError) as err:
         check(wrong)
+    msg = str(err.value)
+    assert "expected:" in msg and "got:" in msg and "hint:" in msg
+    for w in words:
+        assert w in msg
+
+
+# Exercise 4, an investigation: VeLO's first step over 12 decades of gradient scale
+
+@functools.lru_cache(maxsize=1)
+def _velo_first_update():
+    """One jitted first update of the shipped VeLO: (grads, params) -> updates, compiled once."""
+    import jax
+    import minilopt
+    _, _, loss = L.velo_probe()
+    opt = minilopt.pretrained("velo", L.PROBE_STEPS)
+    return jax.jit(lambda g, p: opt.update(g, opt.init(p), p, value=loss)[0])
+
+
+def _probe_rms(scale, what="update"):
+    import jax
+    import jax.numpy as jnp
+    params, grads, _ = L.velo_probe()
+    if what == "params":          # a typical slip: scale the parameters instead of the gradient
+        params = jax.tree.map(lambda p: scale * p, params)
+    else:
+        grads = jax.tree.map(lambda g: scale * g, grads)
+    updates = _velo_first_update()(grads, params)
+    if what == "new w":           # another: the new parameters, not the step
+        return float(jnp.sqrt(jnp.mean((params["w"] + updates["w"]) ** 2)))
+    return float(jnp.sqrt(jnp.mean(updates["w"] ** 2)))
+
+
+def test_scale_response_passes_a_measurement_and_reports_the_spread():
+    spread = L.check_scale_response(_probe_rms)
+    assert 1 < spread < 100          # far from SGD's 1e12: the point of the exercise
+
+
+def test_scale_response_fails_blank_answers():
+    assert_blank_answers_fail(L.check_scale_response)
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda s: _probe_rms(s, "new w"), ["first_step_rms(1)", "UPDATE of w"]),
+    (lambda s: _probe_rms(s, "params"), ["gradient times the scale"]),
+    (lambda s: s * _probe_rms(1.0), ["in proportion to the gradient", "do not scale a step yourself"]),
+])
+def test_scale_response_fails_typical_wrong_answers(wrong, words):
+    with pytest.raises(ExerciseError) as err:
+        L.check_scale_response(wrong)
     msg = str(err.value)
     assert "expected:" in msg and "got:" in msg and "hint:" in msg
     for w in words:
