@@ -17,6 +17,7 @@ its XLA code.
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -171,6 +172,27 @@ def test_fast_path_falls_back_to_xla_without_the_kernels(monkeypatch):
     monkeypatch.setattr(VF, "kernels", None)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert not VF.kernel_applies((4096, 4096)) and not VF.factored_kernel_applies((1536, 10))
+
+
+def test_fast_path_falls_back_to_xla_where_the_kernels_do_not_compile(monkeypatch):
+    """Pallas imports, but its kernels fail to lower (a backend without Triton: here
+    the CPU, told it is a GPU, so that the kernels are not interpreted): one warning,
+    while the step is being traced, and every tensor takes the XLA code."""
+    kernels = VF._load_kernels()
+    if kernels is None:
+        pytest.skip("this jax has no Pallas Triton backend")
+    monkeypatch.setattr(VF, "kernels", kernels)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    VF.kernels_compile.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="do not compile here"):
+            jaxpr = jax.make_jaxpr(lambda x: x + VF.kernel_applies((4096, 4096)))(1.0)
+        assert "pallas" not in str(jaxpr) and not VF.kernels_compile()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # decided once: no second try, no second warning
+            assert not VF.factored_kernel_applies((1536, 10))
+    finally:
+        VF.kernels_compile.cache_clear()
 
 
 SCRIPT = r"""

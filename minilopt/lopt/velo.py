@@ -39,7 +39,8 @@ import optax
 from .. import nn
 from . import features as F
 from .mlp import GRAD_CLIP, clean_gradient  # noqa: F401  (step 2: one clip for every learned optimizer)
-from .velo_theta import MLP_GROUPS, adam_like_theta, check_theta, init_theta, theta_config, theta_shapes  # noqa
+from .velo_theta import (MLP_GROUPS, adam_like_theta, check_theta, init_theta,  # noqa: F401 (the meta-
+                         theta_config, theta_shapes)                               # parameters, re-exported)
 
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAYS = (0.999,)

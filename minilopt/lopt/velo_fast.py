@@ -29,8 +29,9 @@ matrices is updated in one (3, n) array (`factored_matrices`).
 On GPU, Pallas kernels (`velo_kernels`) take the statistics pass and the means of g²
 of the matrices, where XLA's code for them re-reads memory. They are optional, as they
 need Pallas's Triton backend, which jax has deprecated: where it does not import,
-`kernels` is None and every tensor takes the XLA code of this module, as it does off
-GPU. Nothing else depends on them.
+`kernels` is None, and where it does not compile, `kernels_compile()` is False; then
+every tensor takes the XLA code of this module, as it does off GPU. Nothing else
+depends on them.
 
 The formulas are the reference's, imported from `velo` (the channels, the
 accumulators, the gradient clip, the LSTM, the mixing, the bounded step): only their
@@ -39,6 +40,8 @@ the reference's.
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -65,14 +68,29 @@ kernels = _load_kernels()
 LARGE_TENSOR = 1 << 16  # elements; each such tensor's update is a pass of its own
 
 
+@functools.cache
+def kernels_compile() -> bool:
+    """Do the kernels compile here? Tried once per process, on a tiny matrix: a jax whose
+    Pallas imports on a backend that cannot lower Triton fails here, not at import. If
+    they do not, every tensor takes the XLA code, with a warning that names the error."""
+    try:  # lowered and compiled from shapes alone, so it also works while a step is being traced
+        probe = jax.jit(lambda gs: kernels.factored_sums(gs))  # a new function: no cached trace
+        probe.lower([jax.ShapeDtypeStruct((8, 8), jnp.float32)]).compile()
+        return True
+    except Exception as e:  # noqa: BLE001 (any lowering or compile error means: use the XLA code)
+        warnings.warn(f"VeLO's Pallas kernels do not compile here ({type(e).__name__}: {str(e)[:200]}); "
+                      "velo_fast runs its XLA code instead", RuntimeWarning, stacklevel=2)
+        return False
+
+
 def kernel_applies(shape) -> bool:
     """Does a tensor's statistics pass take the Pallas kernel (GPU, large matrices)?"""
-    return kernels is not None and kernels.applies(shape)
+    return kernels is not None and kernels.applies(shape) and kernels_compile()
 
 
 def factored_kernel_applies(shape) -> bool:
     """Do a matrix's means of g² take the Pallas kernel (GPU, any matrix)?"""
-    return kernels is not None and kernels.factored_applies(shape)
+    return kernels is not None and kernels.factored_applies(shape) and kernels_compile()
 
 
 def tensor_means(channels, shape):
