@@ -31,7 +31,7 @@ def test_blank_answers_fail_helpfully(check):
 
 
 def test_typical_wrong_answers_fail_with_expected_got_and_hint():
-    with pytest.raises(ExerciseError, match=r"(?s)the sharding.*expected.*got.*hint: put the array.*LEADING"):
+    with pytest.raises(ExerciseError, match=r"(?s)the sharding.*expected.*got.*hint: place the array.*LEADING.*empty spec"):
         L.check_shard_particles(lambda x, mesh: solution_shard_particles(x, mesh, PartitionSpec()))
     with pytest.raises(ExerciseError, match=r"(?s)non-finite gradient.*expected.*got.*hint: count"):
         L.check_safe_meta_update(lambda *a: solution_safe_meta_update(*a, clean=False))

@@ -27,9 +27,9 @@ def safe_meta_update_reference(theta, grad, opt_state, meta_optimizer):
 
 def check_shard_particles(shard_particles):
     """shard_particles(x, mesh) -> x placed with its leading axis split over the mesh axis "particles"."""
-    hint = ("put the array on the devices with jax.device_put and a NamedSharding of this mesh; its partition "
-            "spec names the mesh axis that the LEADING array axis is split over (\"particles\"); the other axes "
-            "stay whole")
+    hint = ("place the array with a sharding of this mesh whose partition spec splits only the LEADING array axis, "
+            "over the mesh axis the particles live on; the other axes stay whole (an empty spec would replicate "
+            "the array instead of splitting it)")
     mesh = Mesh(np.array(jax.devices()), ("particles",))
     for shape in [(len(jax.devices()) * 4, 3), (len(jax.devices()) * 2,)]:
         x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
