@@ -19,7 +19,6 @@ optimizer diverged on any task.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import pathlib
 import sys
@@ -37,7 +36,7 @@ from minilopt.train import SweepResult  # noqa: E402
 
 from _common import RESULTS, device_info  # noqa: E402
 
-P = importlib.import_module("minilopt.pretrained")   # the module: the package re-exports its function
+from minilopt.lopt import pretrained as P  # noqa: E402
 
 
 def candidates(args) -> dict:

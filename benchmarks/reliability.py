@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -63,7 +62,7 @@ def api_probes(tmp: pathlib.Path) -> list:
     from minilopt.meta import estimators, trainer
     from minilopt.meta.unroll import TruncatedUnroll
 
-    pretrained = importlib.import_module("minilopt.pretrained")
+    from minilopt.lopt import pretrained
     probes = []
     add = lambda name, f: probes.append((name, f))
 
@@ -234,7 +233,7 @@ def nonfinite_probes() -> list:
     from minilopt.lopt.lstm import LSTMLOpt
     from minilopt.lopt.mlp import MLPLOpt
 
-    pretrained = importlib.import_module("minilopt.pretrained")
+    from minilopt.lopt import pretrained
     key = jax.random.PRNGKey(0)
     opts = [(f"stack(adam, sgd, mode={m})", hyper.stack(rules.adam(0.01), rules.sgd(1e-4), mode=m))
             for m in ("forward", "reverse")]

@@ -13,7 +13,7 @@ Each idea lives in its own module; this file only re-exports.
 __version__ = "0.1.0"
 
 from . import evaluate, guard, hyper, lopt, meta, nn, probe, tasks, train, viz
-from .pretrained import pretrained
+from .lopt.pretrained import pretrained
 from .train import fit, lr_sweep
 
 __all__ = ["__version__", "nn", "tasks", "train", "hyper", "lopt", "meta", "evaluate", "viz", "fit", "lr_sweep",

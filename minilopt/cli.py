@@ -64,15 +64,12 @@ def plot_meta_loss(history: dict, path: pathlib.Path) -> pathlib.Path:
 
 def warm_start(path, like):
     """θ to start a new run from: exported weights (a directory with config.json, as
-    `python -m minilopt.pretrained` writes) or a meta-training run (its checkpoint.npz).
+    `python -m minilopt.lopt.pretrained` writes) or a meta-training run (its checkpoint.npz).
     It must have the structure of `like`. A warm start is a NEW run: the outer step,
     the meta-optimizer's state and the particles all start afresh (use --resume to
     continue a run exactly)."""
-    import importlib
-
+    from .lopt import pretrained as weights
     from .meta import trainer
-
-    weights = importlib.import_module("minilopt.pretrained")   # the module, not the function it exports
 
     path = pathlib.Path(path)
     if not (path / trainer.CHECKPOINT).is_file() and (path / weights.CONFIG).is_file():

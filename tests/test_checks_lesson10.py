@@ -5,7 +5,7 @@ import pytest
 
 from minilopt import guard, tasks
 from minilopt.checks import ExerciseError, lesson10 as L
-from minilopt.pretrained import pretrained
+from minilopt.lopt.pretrained import pretrained
 from helpers import assert_blank_answers_fail
 
 

@@ -82,7 +82,7 @@ def test_the_command_line_entry_point():
 
 def test_every_registered_learned_optimizer_is_a_choice_and_a_warm_start_continues_from_its_weights(tmp_path, capsys):
     from minilopt.lopt import registry
-    from minilopt.pretrained import load, save
+    from minilopt.lopt.pretrained import load, save
 
     assert set(cli.parser().meta_train.__dict__["_option_string_actions"]["--lopt"].choices) == set(registry.LOPTS)
     quad = ["--family", "quadratic", "--family-args", '{"dim": 4, "max_condition": 10.0}', "--particles", "2",

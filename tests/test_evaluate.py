@@ -331,12 +331,8 @@ def test_bad_input_is_named(tmp_path):
 # ---------------------------------------------------------------------------
 import warnings  # noqa: E402
 
-from minilopt import pretrained as P  # noqa: E402  (the module; the lead may re-export the function)
 from minilopt.lopt import MLPLOpt  # noqa: E402
-
-if callable(P) and not hasattr(P, "load"):  # `minilopt.pretrained` re-exported as the function
-    import importlib
-    P = importlib.import_module("minilopt.pretrained")
+from minilopt.lopt import pretrained as P  # noqa: E402
 
 LOPT_KW = {"hidden": [8], "step_mult": 3e-3}
 

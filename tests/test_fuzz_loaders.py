@@ -6,7 +6,6 @@ decodes to exactly what was written (a flip inside padding, say), or the loader 
 a ValueError whose message names the file; never another exception type, and never
 more than a bounded time and memory (checked with the process's peak RSS).
 """
-import importlib
 import io
 import json
 import resource
@@ -25,7 +24,7 @@ from minilopt.lopt import checkpoint, velo
 from minilopt.lopt.mlp import MLPLOpt
 from minilopt.meta import trainer
 
-pretrained = importlib.import_module("minilopt.pretrained")  # the module (the package exports a function too)
+from minilopt.lopt import pretrained  # noqa: E402
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SECONDS = 2.0             # a damaged file of a few kB must be refused at once

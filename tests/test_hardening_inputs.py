@@ -1,5 +1,4 @@
 """Small bad inputs, each refused with a ValueError (or exit code 2) that names it."""
-import importlib
 import importlib.util
 import json
 import pathlib
@@ -14,7 +13,7 @@ from minilopt import tasks, train
 from minilopt.lopt.lstm import LSTMLOpt
 from minilopt.lopt.mlp import MLPLOpt
 
-pretrained = importlib.import_module("minilopt.pretrained")  # the module (the package exports a function too)
+from minilopt.lopt import pretrained  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -68,7 +67,7 @@ def test_pretrained_theta_must_name_a_file_in_its_own_folder(weights, name):
 
 
 def test_pretrained_export_needs_out(capsys):
-    """`python -m minilopt.pretrained RUN` once wrote over the shipped weights by default."""
+    """`python -m minilopt.lopt.pretrained RUN` once wrote over the shipped weights by default."""
     shipped = (pretrained.DEFAULT_DIR / "theta.npz").read_bytes()
     with pytest.raises(SystemExit) as e:
         pretrained.main(["some_run"])

@@ -105,7 +105,7 @@ FAILED, SOLVED = 0.5, 1e-2   # loss after the run over the loss before: "failed"
 def failure_optimizers(num_steps: int):
     """(name, optimizer): the meta-trained MLP optimizer that ships with minilopt (this lesson's MLPLOpt,
     meta-trained for 1000-step runs), and an untrained MLPLOpt (normalised momentum, step_mult 0.1)."""
-    from ..pretrained import pretrained
+    from ..lopt.pretrained import pretrained
     lopt = MLPLOpt(step_mult=0.1)
     return [("the shipped meta-trained MLP optimizer", pretrained("mlp", num_steps)),
             ("MLPLOpt at its initialisation", lopt.optimizer(lopt.init(jax.random.key(0)), num_steps))]

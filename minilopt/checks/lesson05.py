@@ -100,7 +100,7 @@ def velo_probe():
 
 @functools.lru_cache(maxsize=1)
 def _first_step_rms():
-    from ..pretrained import pretrained
+    from ..lopt.pretrained import pretrained
 
     params, grads, loss = velo_probe()
     opt = pretrained("velo", PROBE_STEPS)

@@ -88,7 +88,7 @@ def check_rescue(make_rescue, make_shipped=None, steps: int = 300):
     hint = ("wrap minilopt.pretrained(num_steps) with minilopt.guard.loss_guarded (fallback e.g. optax.adam(0.1), "
             "loss_fn on a fixed batch), minilopt.guard.nominal, or a hyperoptimized hyper.scaled")
     if make_shipped is None:
-        from ..pretrained import pretrained as make_shipped
+        from ..lopt.pretrained import pretrained as make_shipped
     task = tasks.quadratic(dim=10, condition=100.0)
     key = jax.random.key(0)
     opt = call(make_rescue, steps, what="make_rescue", hint=hint)

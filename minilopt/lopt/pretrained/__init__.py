@@ -15,7 +15,7 @@ Each one lives in `minilopt/lopt/pretrained/NAME/` as two files, with its model 
                    ...}                               # anything else: the recipe, a note, the run
     theta.npz     θ, written by `minilopt.lopt.checkpoint.save`
 
-`save(directory, theta, ...)` writes both; `python -m minilopt.pretrained RUN_DIR --out DIR`
+`save(directory, theta, ...)` writes both; `python -m minilopt.lopt.pretrained RUN_DIR --out DIR`
 exports θ from a `minilopt meta-train` run (its recipe is read from the run).
 
 Like VeLO, the optimizer knows where it is in training (t / num_steps), and it was
@@ -37,10 +37,10 @@ import jax
 import numpy as np
 import optax
 
-from .lopt import checkpoint, registry
+from .. import checkpoint, registry
 
 FORMAT = "minilopt-pretrained/1"
-WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "lopt" / "pretrained"
+WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent
 NAMES = ("mlp", "scheduled", "velo")   # the shipped weights, one folder each
 DEFAULT_NAME = "scheduled"             # what pretrained(num_steps) gives: the best by the suite
 DEFAULT_DIR = WEIGHTS_DIR / DEFAULT_NAME
@@ -51,7 +51,7 @@ HORIZON_FACTOR = 4        # warn when num_steps > HORIZON_FACTOR * horizon
 _FIX = ("The shipped weights live in minilopt/lopt/pretrained/ (restore them with "
         "`git checkout minilopt/lopt/pretrained` or reinstall minilopt), or meta-train your own "
         "(`minilopt meta-train --config configs/pretrained_mlp.json`), export them with "
-        "`python -m minilopt.pretrained RUN_DIR --out DIR`, "
+        "`python -m minilopt.lopt.pretrained RUN_DIR --out DIR`, "
         "and pass path=DIR.")
 
 
@@ -82,7 +82,7 @@ def _read_config(file: pathlib.Path) -> dict:
         raise ValueError(f"{file} is corrupt: expected a JSON object, got {type(config).__name__}. {_FIX}")
     missing = [k for k in ("format", "lopt", "kwargs", "horizon", "theta") if k not in config]
     if missing:
-        raise ValueError(f"{file} lacks the keys {missing} (see minilopt.pretrained's docstring). {_FIX}")
+        raise ValueError(f"{file} lacks the keys {missing} (see minilopt.lopt.pretrained's docstring). {_FIX}")
     if config["format"] != FORMAT:
         raise ValueError(f"{file}: format {config['format']!r}, expected {FORMAT!r}; "
                          "it was written by another version of minilopt")
@@ -190,7 +190,7 @@ def run_recipe(run_dir) -> dict:
     """The recipe of a `minilopt meta-train` run, read back from its checkpoint: the
     CLI's options ("lopt", "lopt_args", "family", "family_args", "seed", ...) plus the
     unroll's "horizon", "truncation", "estimator", "num_particles", "sigma"."""
-    from .meta import trainer
+    from ...meta import trainer
 
     run = pathlib.Path(run_dir)
     _, config = trainer.read_checkpoint(run / trainer.CHECKPOINT if run.is_dir() else run)
@@ -211,7 +211,7 @@ def export_run(run_dir, recipe=None, out=None) -> pathlib.Path:
     if out is None:   # never the shipped weights by default
         raise ValueError("export_run needs out=DIR, the folder to write; load the result with "
                          "pretrained(T, path=DIR)")
-    from .meta import load_theta
+    from ...meta import load_theta
 
     try:
         spec = run_recipe(run_dir)
@@ -244,7 +244,7 @@ def export_run(run_dir, recipe=None, out=None) -> pathlib.Path:
 def main(argv=None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(description="Export θ from a meta-training run as pretrained weights.")
+    ap = argparse.ArgumentParser(prog="python -m minilopt.lopt.pretrained", description="Export θ from a meta-training run as pretrained weights.")
     ap.add_argument("run_dir", help="the meta-training output directory (holds checkpoint.npz)")
     ap.add_argument("--recipe", help="the recipe JSON the run was made with (optional: the run's checkpoint "
                                      "already records it; given, it must agree)")
@@ -257,7 +257,3 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError, OSError) as e:
         ap.error(str(e))  # exit code 2 with the message, no traceback
     print(f"wrote {path} and {path.parent / THETA}")
-
-
-if __name__ == "__main__":
-    main()
