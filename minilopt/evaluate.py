@@ -76,7 +76,8 @@ CURVE_POINTS = 200        # smoothed curves are stored at this many evenly space
 MEASURE = ("w = ceil(T/10); S = trailing mean over full windows of w steps; L = S(T); n_X(l) = first t >= w "
            "with S_X(t) <= l. If L_lopt <= L_adam: speedup = T / n_lopt(L_adam); else speedup = n_adam(L_lopt) / T; "
            "equal final losses: 1. Diverged learned optimizer: 0; every Adam rate diverged: T/w. Range [w/T, T/w]; "
-           "values at either end are flagged as bounds.")
+           "values at either end are flagged as bounds. A learned optimizer that ends above its loss at step 0 "
+           "(L_lopt > its first loss, finite) is counted apart: it blew up, whatever its speedup.")
 SCHEDULES = ("constant", "cosine")   # the two tuned-Adam baselines
 
 
@@ -418,10 +419,14 @@ def evaluate_task(optimizer_factory: Callable[[int], Any], entry: SuiteTask, key
     steps_idx, lopt_curve = _downsample(trailing_mean(lopt.train_loss, window))
     smoothed = lambda curve: _listed(trailing_mean(curve, window)[steps_idx])
     final = lambda i: _num(_final(trailing_mean(constant.train_loss[i], window)))
+    # a finite loss far above where training began is a blow-up that the measure's
+    # lower bound (w/T) would hide among merely slow runs: it is flagged on its own
+    initial, final_lopt = _num(lopt.train_loss[0]), _num(measure.final_lopt)
+    ended_above_start = initial is not None and final_lopt is not None and final_lopt > initial
     return {
         "name": entry.name, "group": entry.group, "note": entry.note, "steps": entry.steps, "window": window,
-        **row, "cosine": cosine,
-        "lopt": {"final_train": _num(measure.final_lopt), "final_eval": _num(lopt.eval_loss[-1]),
+        **row, "cosine": cosine, "ended_above_start": ended_above_start,
+        "lopt": {"initial_train": initial, "final_train": final_lopt, "final_eval": _num(lopt.eval_loss[-1]),
                  "stopped_at": lopt.stopped_at},
         "adam_cosine": adam_cosine,
         "adam_default": {"lr": DEFAULT_ADAM_LR, "final_train": final(default),
@@ -440,7 +445,10 @@ def summary(task_results: Sequence[dict], baseline: str = "constant") -> dict:
     """`summarize` per group, and over all tasks, against one of the baselines."""
     get = (lambda r: r["speedup"]) if baseline == "constant" else (lambda r: r[baseline]["speedup"])
     by = {g: [get(r) for r in task_results if r["group"] == g] for g in GROUPS}
-    return {**{g: summarize(s) for g, s in by.items()}, "all": summarize([get(r) for r in task_results])}
+    above = lambda rows: sum(bool(r.get("ended_above_start")) for r in rows)
+    return {**{g: {**summarize(s), "ended_above_start": above([r for r in task_results if r["group"] == g])}
+               for g, s in by.items()},
+            "all": {**summarize([get(r) for r in task_results]), "ended_above_start": above(task_results)}}
 
 
 def evaluate(optimizer_factory: Callable[[int], Any], suite: Sequence[SuiteTask], key, *,
@@ -515,14 +523,15 @@ def _fmt(x, spec=".3g"):
 
 def summary_table(results: dict) -> str:
     """Markdown: per group and baseline, the fractions faster, the median, IQM and divergences."""
-    lines = ["| baseline | group | tasks | faster than 1x | at least 2x | at least 4x | median | IQM | diverged |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| baseline | group | tasks | faster than 1x | at least 2x | at least 4x | median | IQM | diverged "
+             "| ended above its start |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, key in (("tuned Adam", "summary"), ("tuned Adam, warmup + cosine", "summary_cosine")):
         for group, s in results.get(key, {}).items():
             if s["tasks"]:
                 lines.append(f"| {label} | {group} | {s['tasks']} | {s['faster_than_1x']:.0%} | "
                              f"{s['at_least_2x']:.0%} | {s['at_least_4x']:.0%} | {s['median']:.2f}x | "
-                             f"{s['iqm']:.2f}x | {s['diverged']} |")
+                             f"{s['iqm']:.2f}x | {s['diverged']} | {s.get('ended_above_start', 'n/a')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -277,6 +277,21 @@ def test_tuned_adam_is_the_best_of_its_grid_in_independent_runs(small_run):
     assert r["adam"]["final_train"] <= r["adam_default"]["final_train"]
 
 
+def test_a_finite_blow_up_is_flagged_apart_from_slow_runs(small_run):
+    """Gradient descent at 2.2 on a unit curvature multiplies that coordinate's error by
+    -1.2 a step: after 20 steps the loss is ~1000x where it began, yet finite, so the
+    measure alone scores it as merely slow (its lower bound w/T). The flag tells it apart."""
+    entry = E.SuiteTask("quadratic_2d", tasks.quadratic(dim=2, condition=100.0), 20, "in-family", "")
+    row = E.evaluate_task(lambda T: optax.sgd(2.2), entry, KEY)
+    assert row["speedup"] == pytest.approx(entry.steps // 10 / entry.steps) and row["speedup"] > 0
+    assert row["ended_above_start"] and row["lopt"]["final_train"] > 100 * row["lopt"]["initial_train"]
+    s = E.summary([row, *small_run[1]["tasks"]])
+    assert s["in-family"]["ended_above_start"] == 1 and s["all"]["ended_above_start"] == 1
+    assert not any(r["ended_above_start"] for r in small_run[1]["tasks"])   # Adam 3e-2 does not blow up
+    in_family = [line for line in E.summary_table({"summary": s}).splitlines() if "| in-family |" in line]
+    assert in_family[0].endswith("| 0 | 1 |")   # diverged 0, ended above its start 1
+
+
 def test_the_grid_grows_past_an_edge():
     task = tasks.quadratic(dim=4, condition=10.0)
     sweep = E.tuned_adam(task, 40, KEY, np.logspace(-6, -3, 10))
