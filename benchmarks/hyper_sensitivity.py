@@ -1,7 +1,7 @@
 """Sensitivity to the initial step size (paper §3.4, Fig. 4), on digits (or MNIST-1D).
 
 Every level of an SGD tower of height 0..3 starts at the same α₀ (height 0 is plain
-SGD, height 1 is SGD/SGD, ...). α₀ sweeps 11 decades, 1e-8 .. 1e2. For each height we
+SGD, height 1 is SGD/SGD, ...). α₀ sweeps 10 decades, 1e-8 .. 1e2 (11 rates). For each height we
 report the final test error per α₀, and over α₀ in [1e-5, 1e-1]: the spread
 (max − min), the best and the median. Towers make the error far less sensitive to α₀;
 no height recovers from α₀ ≥ 10 (the weights blow up before any hypergradient can
@@ -38,7 +38,7 @@ DATASETS = {
     "digits": (lambda: tasks.digits_mlp(hidden=(128,), activation="tanh", batch_size=32), "digits, tanh MLP 64-128-10"),
     "mnist1d": (lambda: tasks.mnist1d_mlp(hidden=(128,), activation="tanh", batch_size=32), "MNIST-1D, tanh MLP 40-128-10"),
 }
-ALPHAS = np.array([float(f"1e{e}") for e in range(-8, 3)])  # 1e-8 .. 1e2: 11 decades, exact literals
+ALPHAS = np.array([float(f"1e{e}") for e in range(-8, 3)])  # 1e-8 .. 1e2: 10 decades, 11 rates, exact literals
 HEIGHTS = (0, 1, 2, 3)
 WINDOW = (1e-5, 1e-1)
 
