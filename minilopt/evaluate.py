@@ -232,7 +232,6 @@ def trailing_mean(curve, window: int) -> np.ndarray:
     return out
 
 
-smooth = trailing_mean  # the name lessons 05 and 09 and their checker use
 
 
 def steps_to_reach(smoothed, level: float) -> int | None:

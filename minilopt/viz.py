@@ -14,12 +14,6 @@ def _axes(ax):
     return plt.subplots(figsize=(5, 3.2))[1] if ax is None else ax
 
 
-def smooth(y, window: int = 1) -> np.ndarray:
-    """The full windows of `trailing_mean(y, window)` (y itself when it is shorter than
-    the window): kept for lesson 08's notebook, which plots them from step `window`."""
-    return trailing_mean(y, window)[window - 1:] if len(y) >= window else np.asarray(y, np.float64)
-
-
 def plot_curves(curves: Mapping[str, np.ndarray], ax=None, *, window: int = 1, log: bool = True,
                 title: str | None = None, xlabel: str = "step", ylabel: str = "training loss"):
     """One line per named loss curve, each the trailing mean over `window` steps

@@ -15,11 +15,11 @@ def reference_speedup(adam, lopt):
 def reference_stalling_curve(adam):
     """Flat from the start at the level Adam's smoothed curve reaches at 0.8 T."""
     adam = np.asarray(adam, float)
-    return np.full(len(adam), evaluate.smooth(adam, evaluate.default_window(len(adam)))[int(0.8 * len(adam))])
+    return np.full(len(adam), evaluate.trailing_mean(adam, evaluate.default_window(len(adam)))[int(0.8 * len(adam))])
 
 
 def test_reference_answers_pass():
-    L.check_smooth(evaluate.smooth)
+    L.check_smooth(evaluate.trailing_mean)
     L.check_speedup(reference_speedup)
     L.check_broken_measure(reference_stalling_curve)
     results = {"tasks": [{"name": "x", "speedup": 0.3}, {"name": "y", "speedup": 2.0}]}
@@ -53,7 +53,7 @@ def test_the_flawed_rule_fails_and_is_named():
 def test_a_tie_scored_as_a_win_fails():
     def ties_win(adam, lopt):   # learned <= Adam counted from the learned optimizer's first hit, ties included
         w = evaluate.default_window(len(adam))
-        sa, sl = evaluate.smooth(adam, w), evaluate.smooth(lopt, w)
+        sa, sl = evaluate.trailing_mean(adam, w), evaluate.trailing_mean(lopt, w)
         if sl[-1] <= sa[-1]:
             return len(adam) / evaluate.steps_to_reach(sl, sa[-1])
         return evaluate.steps_to_reach(sa, sl[-1]) / len(adam)

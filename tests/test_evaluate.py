@@ -34,14 +34,14 @@ def test_smoothing_is_a_trailing_mean_over_full_windows_and_ends_at_final_loss()
     curve = np.random.default_rng(0).uniform(0.5, 2.0, size=95)
     w = E.default_window(len(curve))
     assert w == 10
-    s = E.smooth(curve, w)
+    s = E.trailing_mean(curve, w)
     assert np.all(np.isnan(s[: w - 1]))
     for i in (w - 1, 40, 94):
         np.testing.assert_allclose(s[i], curve[i - w + 1: i + 1].mean(), rtol=1e-12)
     np.testing.assert_allclose(s[-1], train.final_loss(curve, -1), rtol=1e-12)
     # a NaN (a stopped run) poisons every later window: it never "reaches" anything
     curve[50] = np.nan
-    assert np.all(np.isnan(E.smooth(curve, w)[50:]))
+    assert np.all(np.isnan(E.trailing_mean(curve, w)[50:]))
 
 
 def test_learned_optimizer_reaching_a_known_loss_at_a_known_step():
@@ -88,7 +88,7 @@ def test_a_learned_optimizer_that_plateaus_above_adam_scores_below_one():
     assert m.steps_adam == brute_force_reach(adam, 100, m.final_lopt)
     assert m.speedup == pytest.approx(m.steps_adam / T) and m.speedup < 1
     # what the old rule (each optimizer's first hit of the worse final loss) would have said: a win
-    s_adam, s_lopt = E.smooth(adam, 100), E.smooth(lopt, 100)
+    s_adam, s_lopt = E.trailing_mean(adam, 100), E.trailing_mean(lopt, 100)
     old = E.steps_to_reach(s_adam, m.final_lopt) / E.steps_to_reach(s_lopt, m.final_lopt)
     assert old > 1
 

@@ -43,12 +43,6 @@ def test_plot_curves_draws_the_trailing_mean_at_the_step_it_ends():
     plt.close("all")
 
 
-def test_smooth_is_the_full_windows_of_the_trailing_mean():
-    # viz.smooth is kept for lesson 08's notebook: the moving average's full windows only
-    np.testing.assert_allclose(viz.smooth([1, 2, 3, 4], 2), [1.5, 2.5, 3.5])
-    np.testing.assert_allclose(viz.smooth([1, 2], 5), [1, 2])
-
-
 def test_plot_lr_sweep_marks_the_best_and_the_diverged():
     sweep = SweepResult(np.array([1e-3, 1e-2, 1e-1]), np.zeros((3, 4)), np.array([0, 4]), np.zeros((3, 2)),
                         np.array([0.5, 0.1, np.inf]), np.array([-1, -1, 2]), 1, 1e-2)

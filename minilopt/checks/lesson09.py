@@ -29,7 +29,7 @@ def check_smooth(smooth):
     for n, w in ((30, 5), (57, 6), (12, 1)):
         curve = rng.uniform(0.1, 2.0, size=n)
         got = call(smooth, curve, w, what="smooth", hint=hint)
-        want = evaluate.smooth(curve, w)
+        want = evaluate.trailing_mean(curve, w)
         if got is None or np.shape(got) != want.shape:
             fail(f"smooth(curve of {n} steps, window {w}) must return {n} values", want, got, hint)
         got = np.asarray(got, np.float64)
@@ -45,7 +45,7 @@ def naive_speedup(adam_curve, learned_curve) -> float:
     L* = max(L_adam, L_learned). An optimizer that stalls early reaches its own final
     loss early, and is credited with a win it never had."""
     w = evaluate.default_window(len(adam_curve))
-    s_adam, s_learned = evaluate.smooth(adam_curve, w), evaluate.smooth(learned_curve, w)
+    s_adam, s_learned = evaluate.trailing_mean(adam_curve, w), evaluate.trailing_mean(learned_curve, w)
     target = max(s_adam[-1], s_learned[-1])
     return evaluate.steps_to_reach(s_adam, target) / evaluate.steps_to_reach(s_learned, target)
 
