@@ -18,7 +18,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # each has few tests. The other files keep their collection order; cells of a notebook stay
 # in order (the sort is stable, and a file is one unit of work under --dist loadfile).
 SLOWEST_FIRST = (
-    "tests/test_velo_kernels.py", "tests/test_meta_estimators.py", "tests/test_browser.py",
+    "tests/test_velo_kernels.py", "tests/test_velo_fast.py", "tests/test_meta_estimators.py", "tests/test_browser.py",
     "tests/test_velo_parity.py", "notebooks/07_evolution_strategies.ipynb",
     "notebooks/08_meta_training_for_real.ipynb", "tests/test_lopt_properties.py",
     "tests/test_meta_mixture.py", "notebooks/09_does_it_work.ipynb", "tests/test_tasks.py",
