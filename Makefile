@@ -32,14 +32,7 @@ lab: $(STAMP)
 # Two workers, one file each at a time (a notebook's cells share a kernel); the slowest files
 # start first (tests/conftest.py), in place of xdist's order by test count, so the workers
 # finish together.
-#
-# XLA's backend optimisation level 1, below its default, for the test run only: the tests compile
-# hundreds of small programs and run each briefly, so compiling dominates, and level 1 compiles
-# about 1.3x faster. It computes the same values to within every test's tolerance (level 0 did
-# not: it rounds a vmapped run differently from separate runs). The lessons opened with
-# `make lab`, and the benchmarks, keep XLA's default level.
 test: $(STAMP)
-	XLA_FLAGS="$$XLA_FLAGS --xla_backend_optimization_level=1" \
 	$(BIN)/python -m pytest $(TESTS) --nbval-lax -n 2 --dist loadfile --no-loadscope-reorder
 
 exercises: $(STAMP)
