@@ -232,8 +232,6 @@ def trailing_mean(curve, window: int) -> np.ndarray:
     return out
 
 
-
-
 def steps_to_reach(smoothed, level: float) -> int | None:
     """The first step count n (1-based) with smoothed[n-1] <= level, or None."""
     hit = np.flatnonzero(np.asarray(smoothed) <= level)
@@ -443,11 +441,12 @@ def evaluate_task(optimizer_factory: Callable[[int], Any], entry: SuiteTask, key
 def summary(task_results: Sequence[dict], baseline: str = "constant") -> dict:
     """`summarize` per group, and over all tasks, against one of the baselines."""
     get = (lambda r: r["speedup"]) if baseline == "constant" else (lambda r: r[baseline]["speedup"])
-    by = {g: [get(r) for r in task_results if r["group"] == g] for g in GROUPS}
-    above = lambda rows: sum(bool(r.get("ended_above_start")) for r in rows)
-    return {**{g: {**summarize(s), "ended_above_start": above([r for r in task_results if r["group"] == g])}
-               for g, s in by.items()},
-            "all": {**summarize([get(r) for r in task_results]), "ended_above_start": above(task_results)}}
+
+    def of(rows):
+        return {**summarize([get(r) for r in rows]),
+                "ended_above_start": sum(bool(r.get("ended_above_start")) for r in rows)}
+
+    return {**{g: of([r for r in task_results if r["group"] == g]) for g in GROUPS}, "all": of(task_results)}
 
 
 def evaluate(optimizer_factory: Callable[[int], Any], suite: Sequence[SuiteTask], key, *,
