@@ -503,8 +503,8 @@ def test_every_shipped_optimizer_loads_by_name_and_trains():
         assert run.stopped_at is None and run.train_loss[-20:].mean() < 0.5 * run.train_loss[:20].mean(), name
     # the default is the one named DEFAULT_NAME: the same updates
     a, b = P.pretrained(100), P.pretrained(P.DEFAULT_NAME, 100)
-    ua, _ = a.update(grads, a.init(params), params, value=1.0)
-    ub, _ = b.update(grads, b.init(params), params, value=1.0)
+    ua, _ = jax.jit(lambda g, p: a.update(g, a.init(p), p, value=1.0))(grads, params)
+    ub, _ = jax.jit(lambda g, p: b.update(g, b.init(p), p, value=1.0))(grads, params)
     for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match=r"no shipped learned optimizer is called 'adam'; the names are \['mlp'"):

@@ -103,25 +103,28 @@ def test_velo_step_with_the_kernel_equals_the_jnp_path(monkeypatch):
               "wide": jax.random.normal(ks[2], (24, 130)), "bias": jnp.zeros((24,))}
 
     def run(use_kernel, steps):
+        """(update, state) after each of `steps` steps, from one compile of the step."""
         # "mixed": the statistics and update kernels for one matrix only, the factored kernel for all
         monkeypatch.setattr(K, "applies", lambda shape: len(shape) == 2 and (use_kernel is True or shape == (40, 40)
                                                                             and use_kernel == "mixed"))
         monkeypatch.setattr(K, "factored_applies", lambda shape: bool(use_kernel) and len(shape) == 2)
-        state, p = opt.init(params), params
+        state, p, out = opt.init(params), params, []
         step = jax.jit(lambda g, s, p: opt.update(g, s, p, value=1.0))  # a new trace per path
         for t in range(steps):  # gradients that do not depend on p: no feedback of rounding differences
             g = jax.tree.map(lambda x: jnp.sin(3.0 * x + t), params)
             u, state = step(g, state, p)
             p = jax.tree.map(jnp.add, p, u)
-        return u, state
+            out.append((u, state))
+        return out
 
-    # one step: elementwise, as the parity tests compare with the reference
-    for mode in (True, "mixed"):
-        for a, b in zip(jax.tree.leaves(run(mode, 1)), jax.tree.leaves(run(False, 1))):
+    kernel, jnp_path, mixed = run(True, 3), run(False, 3), run("mixed", 1)
+    # the first step: elementwise, as the parity tests compare with the reference
+    for first in (kernel[0], mixed[0]):
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(jnp_path[0])):
             np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-9)
-    # three steps: the two summation orders' rounding (~1e-7) goes through the LSTM each
+    # the third step: the two summation orders' rounding (~1e-7) goes through the LSTM each
     # step, so compare each leaf at its own scale; a wrong statistic changes it by O(1)
-    (u_k, s_k), (u_j, s_j) = run(True, 3), run(False, 3)
+    (u_k, s_k), (u_j, s_j) = kernel[-1], jnp_path[-1]
     for a, b in zip(jax.tree.leaves((u_k, s_k)), jax.tree.leaves((u_j, s_j))):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
