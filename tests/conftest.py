@@ -24,18 +24,19 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# The slowest files, measured once with `pytest --durations` on the 2-core machine (each took
-# 100-270 s there; the browser test about 120 s). `make test` passes --no-loadscope-reorder and
-# runs these first, so that no xdist worker is handed one of them at the end while the other
-# idles: xdist's default order (files with the most tests first) put exactly these last, as
-# each has few tests. The other files keep their collection order; cells of a notebook stay
-# in order (the sort is stable, and a file is one unit of work under --dist loadfile).
+# The slowest files, measured with `pytest --durations=0` on the 2-core machine (each took 35-60 s
+# there, with the shared cache). `make test` passes --no-loadscope-reorder and runs these first, so
+# that no xdist worker is handed one of them at the end while the other idles: xdist's default order
+# (files with the most tests first) put exactly these last, as each has few tests. The other files
+# keep their collection order; cells of a notebook stay in order (the sort is stable, and a file is
+# one unit of work under --dist loadfile).
 SLOWEST_FIRST = (
-    "tests/test_velo_kernels.py", "tests/test_velo_fast.py", "tests/test_meta_estimators.py", "tests/test_browser.py",
-    "tests/test_velo_parity.py", "notebooks/07_evolution_strategies.ipynb",
-    "notebooks/08_meta_training_for_real.ipynb", "tests/test_lopt_properties.py",
-    "tests/test_meta_mixture.py", "notebooks/09_does_it_work.ipynb", "tests/test_tasks.py",
-    "solutions/12_capstone.ipynb",  # about 60-90 s, and last in collection order otherwise
+    "tests/test_browser.py", "tests/test_velo_fast.py", "tests/test_velo_kernels.py", "tests/test_meta_estimators.py",
+    "notebooks/07_evolution_strategies.ipynb", "notebooks/08_meta_training_for_real.ipynb",
+    "solutions/12_capstone.ipynb", "tests/test_velo_parity.py", "tests/test_tasks.py", "tests/test_evaluate.py",
+    "tests/test_tasks_suite.py", "tests/test_hyper_parity.py", "tests/test_guard.py",
+    "notebooks/10_stability_and_safeguards.ipynb", "notebooks/11_what_did_it_learn.ipynb",
+    "notebooks/05_inside_velo.ipynb",
 )
 
 

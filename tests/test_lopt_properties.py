@@ -6,6 +6,8 @@
 - a Python-float loss and a 0-d array loss give the same update;
 - bad input (integer leaves, num_steps <= 0, a missing params/value=) is a clear ValueError.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +39,9 @@ def random_theta(name, seed=0):
     return treedef.unflatten([x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
-THETAS = {name: random_theta(name) for name in LOPTS}
+@functools.cache  # built when a test first needs it: xdist's other worker imports this file too
+def theta_for(name):
+    return random_theta(name)
 
 
 def extra(name, loss=1.25):
@@ -49,7 +53,7 @@ def extra(name, loss=1.25):
 @given(tree=poisoned_trees(), loss=st.sampled_from([0.7, 1e30, np.inf, np.nan]))
 def test_any_tree_keeps_shapes_and_dtypes_and_stays_finite(name, tree, loss):
     params, grads = tree
-    opt = LOPTS[name].optimizer(THETAS[name], num_steps=10)
+    opt = LOPTS[name].optimizer(theta_for(name), num_steps=10)
     state = opt.init(params)
     update = jax.jit(opt.update)
     for step in range(2):   # the bad gradient (and loss) enters the state, then is read back
@@ -81,7 +85,7 @@ def test_vmap_over_thetas_matches_one_theta_at_a_time(name):
             params = optax.apply_updates(params, updates)
         return jax.tree.map(lambda p, p0: p - p0, params, ALL_RANKS)   # the total change
 
-    thetas = [THETAS[name], random_theta(name, seed=1)]
+    thetas = [theta_for(name), random_theta(name, seed=1)]
     batched = jax.jit(jax.vmap(two_steps))(jax.tree.map(lambda *xs: jnp.stack(xs), *thetas))
     one = jax.jit(two_steps)
     for i, theta in enumerate(thetas):
@@ -96,7 +100,7 @@ def test_vmap_over_thetas_matches_one_theta_at_a_time(name):
 @pytest.mark.parametrize("name", sorted(LOPTS))
 def test_python_float_and_array_loss_agree(name):
     """Eager calls (no jit to hide the difference): float, 0-d jax array, numpy scalar."""
-    opt = LOPTS[name].optimizer(THETAS[name], num_steps=10)
+    opt = LOPTS[name].optimizer(theta_for(name), num_steps=10)
     params = {"w": ALL_RANKS["mat"]}
     for loss in (0.37, -2.5e4):
         results = []
@@ -111,7 +115,7 @@ def test_python_float_and_array_loss_agree(name):
 
 @pytest.mark.parametrize("name", sorted(LOPTS))
 def test_integer_leaves_are_rejected_by_name(name):
-    opt = LOPTS[name].optimizer(THETAS[name], num_steps=10)
+    opt = LOPTS[name].optimizer(theta_for(name), num_steps=10)
     with pytest.raises(ValueError, match=r"\['steps_seen'\]"):
         opt.init({"w": jnp.ones(3), "steps_seen": jnp.zeros((), jnp.int32)})
     with pytest.raises(ValueError, match=r"\['mask'\]"):
@@ -122,12 +126,12 @@ def test_integer_leaves_are_rejected_by_name(name):
 @pytest.mark.parametrize("num_steps", [0, -5])
 def test_nonpositive_num_steps_is_rejected(name, num_steps):
     with pytest.raises(ValueError, match="num_steps"):
-        LOPTS[name].optimizer(THETAS[name], num_steps=num_steps)
+        LOPTS[name].optimizer(theta_for(name), num_steps=num_steps)
 
 
 @pytest.mark.parametrize("name", sorted(LOPTS))
 def test_missing_value_is_a_clear_error_only_where_the_loss_is_needed(name):
-    opt = LOPTS[name].optimizer(THETAS[name], num_steps=10)
+    opt = LOPTS[name].optimizer(theta_for(name), num_steps=10)
     params = {"w": ALL_RANKS["mat"]}
     state = opt.init(params)
     if name in NEEDS_LOSS:
