@@ -19,9 +19,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402
 
 # The tests check formulas against float64 or numpy references, on any backend: full
-# float32 matrix products everywhere (GPUs multiply float32 matrices in TF32 by default,
-# a relative error of ~5e-4, which is the hardware's rounding, not the formula's).
-jax.config.update("jax_default_matmul_precision", "highest")
+# float32 matrix products (GPUs multiply float32 matrices in TF32 by default, a relative
+# error of ~5e-4, which is the hardware's rounding, not the formula's). A CPU multiplies in
+# full float32 at any setting, bit for bit the same; there the setting is left alone, so
+# that the tests' programs are the notebooks' programs, and the cache above serves both.
+if jax.default_backend() != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
 
 
 # The slowest files, measured with `pytest --durations=0` on the 2-core machine (each took 28-60 s
@@ -29,10 +32,11 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # that no xdist worker is handed one of them at the end while the other idles: xdist's default order
 # (files with the most tests first) put exactly these last, as each has few tests. The other files
 # keep their collection order; cells of a notebook stay in order (the sort is stable, and a file is
-# one unit of work under --dist loadfile).
+# one unit of work under --dist loadfile). Lesson 07 starts early: test_meta_estimators.py and
+# test_meta_widget.py, which come later, run its compiled ES programs from the cache.
 SLOWEST_FIRST = (
-    "tests/test_browser.py", "tests/test_velo_fast.py", "tests/test_velo_kernels.py", "tests/test_meta_estimators.py",
-    "notebooks/07_evolution_strategies.ipynb", "notebooks/08_meta_training_for_real.ipynb",
+    "tests/test_browser.py", "tests/test_velo_fast.py", "notebooks/07_evolution_strategies.ipynb",
+    "tests/test_velo_kernels.py", "notebooks/08_meta_training_for_real.ipynb",
     "solutions/12_capstone.ipynb", "tests/test_velo_parity.py", "tests/test_tasks.py", "tests/test_evaluate.py",
     "tests/test_tasks_suite.py", "tests/test_hyper_parity.py", "tests/test_guard.py",
     "notebooks/10_stability_and_safeguards.ipynb", "notebooks/11_what_did_it_learn.ipynb",

@@ -6,7 +6,8 @@ truncation K = 10, σ = 0.01. Its meta-loss is a smooth function of one number, 
 `jax.grad` of the whole unroll (checked by finite differences) is the truth.
 
 Estimates are repeated over R independent replicas (vmapped), so every comparison
-is made within a measured standard error.
+is made within a measured standard error. This is lesson 07's problem, and the lesson's
+`widgets.es_spread` runs the replicas (a test run compiles it once, for both).
 """
 import functools
 
@@ -20,6 +21,7 @@ from minilopt.lopt.hand import LearnableSGD
 from minilopt.meta import estimators
 from minilopt.meta.unroll import TruncatedUnroll
 from minilopt.tasks.base import Task, pytree_dataclass, static
+from minilopt.widgets import es_spread
 
 T, K, SIGMA, R = 100, 10, 0.01, 256
 LOPT = LearnableSGD(0.3)
@@ -42,31 +44,24 @@ def true_gradient() -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def estimate_fn(name: str, particles: int):
-    """A jitted `keys -> (replicas,)` of estimates of dL/dlog_lr, each the mean of one
-    estimator over one whole episode: 1 call for full-horizon estimators, T/K calls for
-    truncated ones. Replicas are independent (vmapped over keys)."""
-    est = estimators.make(name, UNROLL, particles, SIGMA)
-    calls = 1 if name in ("es", "full_grad") else T // K
-    init = jax.vmap(est.init, in_axes=(None, 0))
-    step = jax.vmap(est, in_axes=(None, 0, 0))
-
-    @jax.jit
-    def run(keys):
-        def body(states, i):
-            g, states, _ = step(THETA, states, jax.vmap(lambda k: jax.random.fold_in(k, i))(keys))
-            return states, g["log_lr"]
-
-        _, grads = jax.lax.scan(body, init(THETA, keys), jnp.arange(calls))
-        return grads.mean(0)
-
-    return run
+def truncated_grad_estimate() -> float:
+    """Truncated backprop averaged over one whole episode (T/K calls): deterministic here,
+    so one replica."""
+    est = estimators.truncated_grad(UNROLL, 4)
+    episode = jax.jit(lambda keys: estimators.episode_estimates(est, THETA, keys, T // K))
+    return float(episode(jax.random.PRNGKey(0)[None])["log_lr"][0])
 
 
 @functools.lru_cache(maxsize=None)
-def episode_estimates(name: str, particles: int, replicas: int = R, seed: int = 0) -> np.ndarray:
-    keys = jax.random.split(jax.random.PRNGKey(seed), replicas)
-    return np.asarray(estimate_fn(name, particles)(keys), np.float64)
+def episode_estimates(particles: int, seed: int = 0) -> dict:
+    """{"ES (full horizon)", "truncated ES", "PES": (R,) estimates of dL/dlog_lr}, each the
+    mean of the estimator over one whole episode (1 call for ES, T/K for the truncated
+    ones), over R independent replicas. The problem is lesson 07's, so is the program:
+    `widgets.es_spread`, R/2 replicas a call (as the lesson), run with two keys."""
+    spread = es_spread(K, particles, R // 2)
+    halves = [spread(SIGMA, jax.random.PRNGKey(2 * seed + i)) for i in range(2)]
+    return {name: np.concatenate([np.asarray(h[name], np.float64) for h in halves])
+            for name in ("ES (full horizon)", "truncated ES", "PES")}
 
 
 def mean_and_se(x):
@@ -82,27 +77,27 @@ def test_full_unroll_gradient_matches_finite_differences():
     np.testing.assert_allclose(g, fd, rtol=2e-3)
 
 
-@pytest.mark.parametrize("name", ["es", "pes"])
+@pytest.mark.parametrize("name", ["ES (full horizon)", "PES"])
 def test_es_and_pes_are_unbiased_for_the_whole_horizon(name):
-    mean, se = mean_and_se(episode_estimates(name, 4))
+    mean, se = mean_and_se(episode_estimates(4)[name])
     g = true_gradient()
     assert se < 0.1 * abs(g), f"the test has no power: standard error {se} vs gradient {g}"
     assert abs(mean - g) < 4 * se, f"{name}: mean {mean:.5f} ± {se:.5f}, jax.grad of the whole unroll {g:.5f}"
 
 
 def test_pes_matches_full_horizon_es_within_standard_error():
-    (m_pes, se_pes), (m_es, se_es) = mean_and_se(episode_estimates("pes", 4)), mean_and_se(episode_estimates("es", 4))
+    (m_pes, se_pes), (m_es, se_es) = (mean_and_se(episode_estimates(4)[name]) for name in ("PES", "ES (full horizon)"))
     assert abs(m_pes - m_es) < 4 * np.hypot(se_pes, se_es), (m_pes, se_pes, m_es, se_es)
 
 
-@pytest.mark.parametrize("name", ["truncated_grad", "truncated_es"])
+@pytest.mark.parametrize("name", ["truncated backprop", "truncated ES"])
 def test_truncated_estimators_show_short_horizon_bias(name):
     """Truncated estimators treat the start of each truncation as fixed, so they miss that
     a larger learning rate earlier would have started later truncations closer to the
     optimum. They under-value a larger learning rate: the same sign as the truth but a
     much smaller magnitude, i.e. a bias towards learning rates that are too small
     (the short-horizon bias of Wu et al. 2018)."""
-    x = episode_estimates(name, 4, replicas=1 if name == "truncated_grad" else R)
+    x = np.array([truncated_grad_estimate()]) if name == "truncated backprop" else episode_estimates(4)[name]
     mean, se = x.mean(), (x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0)
     g = true_gradient()
     assert np.sign(mean) == np.sign(g)
@@ -116,11 +111,13 @@ def _variance_ratio_bounds(n1, n2, z=3.3):
     return np.exp(-spread), np.exp(spread)
 
 
-@pytest.mark.parametrize("name", ["es", "pes"])
-def test_doubling_pairs_halves_the_variance(name):
-    v4, v8 = episode_estimates(name, 4).var(ddof=1), episode_estimates(name, 8, seed=1).var(ddof=1)
+@pytest.mark.parametrize("name", ["ES (full horizon)", "PES"])
+def test_four_times_the_pairs_quarter_the_variance(name):
+    """The estimate is a mean over N independent pairs, so its variance goes as 1/N
+    (not 1/√N, ratio 2; nor 1/N², ratio 16)."""
+    v4, v16 = episode_estimates(4)[name].var(ddof=1), episode_estimates(16, seed=1)[name].var(ddof=1)
     lo, hi = _variance_ratio_bounds(R, R)
-    assert 2 * lo < v4 / v8 < 2 * hi, f"{name}: variance ratio N=4 / N=8 is {v4 / v8:.3f}, expected 2"
+    assert 4 * lo < v4 / v16 < 4 * hi, f"{name}: variance ratio N=4 / N=16 is {v4 / v16:.3f}, expected 4"
 
 
 # ---------------------------------------------------------------------------

@@ -11,16 +11,21 @@ from minilopt.meta.unroll import TruncatedUnroll
 from test_meta_estimators import Drift, LinearTask  # loss w·x + c + ½a|x|², and x_t = t·θ
 
 
+# 128 replicas, as lesson 07's explorer: the same program, compiled once in a test run
 def test_es_explorer_callback_redraws_without_recompiling_sigma():
-    explorer = widgets.es_explorer(replicas=48)
+    before = widgets.es_spread.cache_info().misses
+    explorer = widgets.es_explorer(replicas=128)
     png = explorer.update(sigma=0.05)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert explorer.values() == {"sigma": 0.05, "truncation": 10, "particles": 4}
-    assert widgets.es_spread.cache_info().currsize == 1  # σ is traced: one compiled function serves every σ
+    explorer.update(sigma=0.2)
+    # σ is traced: one function for (K, N), traced once, serves every σ
+    assert widgets.es_spread.cache_info().misses - before <= 1
+    assert widgets.es_spread(10, 4, 128)._cache_size() == 1
 
 
 def test_es_explorer_estimates_show_bias_and_unbiasedness():
-    est = widgets.es_explorer(replicas=48).estimates(0.01, 10, 4)
+    est = widgets.es_explorer(replicas=128).estimates(0.01, 10, 4)
     truth = float(est["jax.grad"])
     se = {k: v.std(ddof=1) / np.sqrt(len(v)) for k, v in est.items() if k != "jax.grad"}
     assert abs(est["PES"].mean() - truth) < 4 * se["PES"]
