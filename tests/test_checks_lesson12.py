@@ -6,12 +6,14 @@ import pytest
 from minilopt import evaluate as E, tasks
 from minilopt.checks import ExerciseError, lesson12 as L
 
-FAMILY = tasks.ImageFamily("digits", "mlp", hidden=(32,), activation="relu", batch_size=64)
+@pytest.fixture(scope="module")
+def family():  # built on first use, not while collecting (it loads its dataset)
+    return tasks.ImageFamily("digits", "mlp", hidden=(32,), activation="relu", batch_size=64)
 
 
 @pytest.fixture(scope="module")
-def heldout():
-    return E.suite(50, quick=True, in_family=(FAMILY,))
+def heldout(family):
+    return E.suite(50, quick=True, in_family=(family,))
 
 
 def fake_results(suite, speedups, name="opt"):
@@ -37,18 +39,18 @@ def test_a_meta_training_that_lowered_the_meta_loss_passes_and_a_flat_one_fails(
         L.check_meta_training(None, 8)
 
 
-def test_the_suite_check_passes_held_out_draws_of_the_family(heldout):
-    L.check_heldout_suite(heldout, FAMILY, 50)
+def test_the_suite_check_passes_held_out_draws_of_the_family(heldout, family):
+    L.check_heldout_suite(heldout, family, 50)
 
 
-def test_a_suite_without_the_family_fails(heldout):
+def test_a_suite_without_the_family_fails(heldout, family):
     default = E.suite(50, quick=True)                     # the typical slip: in_family left at its default
     with pytest.raises(ExerciseError, match=r"(?s)no in-family task is a held-out draw of your family.*in_family"):
-        L.check_heldout_suite(default, FAMILY, 50)
+        L.check_heldout_suite(default, family, 50)
     with pytest.raises(ExerciseError, match="horizon"):
-        L.check_heldout_suite(heldout, FAMILY, 100)
+        L.check_heldout_suite(heldout, family, 100)
     with pytest.raises(ExerciseError, match="empty"):
-        L.check_heldout_suite([], FAMILY, 50)
+        L.check_heldout_suite([], family, 50)
 
 
 def test_consistent_results_pass_and_inconsistent_ones_fail(heldout):

@@ -31,7 +31,6 @@ SECONDS = 2.0             # a damaged file of a few kB must be refused at once
 RSS_GROWTH = 200 << 20    # and must not make the process allocate more than this
 
 THETA = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [np.ones(4, np.float32), np.zeros((), np.float32)]}
-VELO_THETA = jax.tree.map(np.asarray, velo.init_theta(jax.random.PRNGKey(0), 4, 3))
 
 
 def _peak_rss() -> int:
@@ -75,7 +74,7 @@ def files(tmp_path_factory):
     trainer.save_checkpoint(folder / "ckpt.npz", {"theta": {"x": np.ones(3, np.float32)}, "step": np.int64(2)},
                             {"lr": 0.1})
     return {"theta": (folder / "theta.npz").read_bytes(), "ckpt": (folder / "ckpt.npz").read_bytes(),
-            "velo": checkpoint.save_velo(VELO_THETA)}
+            "velo": checkpoint.save_velo(jax.tree.map(np.asarray, velo.init_theta(jax.random.PRNGKey(0), 4, 3)))}
 
 
 def _loaders():

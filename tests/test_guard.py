@@ -10,6 +10,8 @@
   dtypes kept, parameters never NaN;
 - bad input: no loss_fn, no params, a non-scalar loss, a non-finite weight.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,7 +166,11 @@ def test_with_nominal_is_a_learned_optimizer_with_the_weight_in_theta():
 
 SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MLP = MLPLOpt()
-MLP_THETA = MLP.init(jax.random.key(0))
+
+
+@functools.cache  # on first use, not while collecting
+def mlp_optimizer():
+    return MLP.optimizer(MLP.init(jax.random.key(0)), 10)
 
 
 def sum_of_squares(params):
@@ -172,9 +178,9 @@ def sum_of_squares(params):
 
 
 WRAPPERS = {
-    "guard(mlp, adam)": lambda: guard.loss_guarded(MLP.optimizer(MLP_THETA, 10), optax.adam(0.1), sum_of_squares),
+    "guard(mlp, adam)": lambda: guard.loss_guarded(mlp_optimizer(), optax.adam(0.1), sum_of_squares),
     "guard(adam, sgd)": lambda: guard.loss_guarded(optax.adam(0.1), optax.sgd(0.1), sum_of_squares),
-    "nominal(mlp, adam)": lambda: guard.nominal(MLP.optimizer(MLP_THETA, 10), optax.adam(0.1), 0.5),
+    "nominal(mlp, adam)": lambda: guard.nominal(mlp_optimizer(), optax.adam(0.1), 0.5),
     "nominal(sgd, adam)": lambda: guard.nominal(optax.sgd(0.1), optax.adam(0.1), 0.5),
 }
 
