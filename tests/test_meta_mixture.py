@@ -23,8 +23,8 @@ def test_the_mixture_is_the_mean_of_families_of_different_shapes():
     mix = Mixture([small, large])
     theta, key = LOPT.init(), jax.random.PRNGKey(0)
     grad, _, metrics = jax.jit(mix)(theta, mix.init(theta, key), key)
-    g_small, _, m_small = small(theta, small.init(theta, key), jax.random.fold_in(key, 0))
-    g_large, _, m_large = large(theta, large.init(theta, key), jax.random.fold_in(key, 1))
+    g_small, _, m_small = jax.jit(small)(theta, small.init(theta, key), jax.random.fold_in(key, 0))
+    g_large, _, m_large = jax.jit(large)(theta, large.init(theta, key), jax.random.fold_in(key, 1))
     for a, b, c in zip(jax.tree.leaves(grad), jax.tree.leaves(g_small), jax.tree.leaves(g_large)):
         np.testing.assert_allclose(a, (b + c) / 2, rtol=1e-5)
         assert abs(float(b - c)) > 1e-6 * abs(float(b))       # the families really differ
