@@ -33,11 +33,12 @@ if jax.default_backend() != "cpu":
 # (files with the most tests first) put exactly these last, as each has few tests. The other files
 # keep their collection order; cells of a notebook stay in order (the sort is stable, and a file is
 # one unit of work under --dist loadfile). Lesson 07 starts early: test_meta_estimators.py and
-# test_meta_widget.py, which come later, run its compiled ES programs from the cache.
+# test_meta_widget.py, which come later, run its compiled ES programs from the cache. The capstone
+# starts a while after lesson 08, whose meta-training step it runs from the cache.
 SLOWEST_FIRST = (
     "tests/test_browser.py", "tests/test_velo_fast.py", "notebooks/07_evolution_strategies.ipynb",
-    "tests/test_velo_kernels.py", "notebooks/08_meta_training_for_real.ipynb",
-    "solutions/12_capstone.ipynb", "tests/test_velo_parity.py", "tests/test_tasks.py", "tests/test_evaluate.py",
+    "tests/test_velo_kernels.py", "notebooks/08_meta_training_for_real.ipynb", "tests/test_velo_parity.py",
+    "tests/test_tasks.py", "solutions/12_capstone.ipynb", "tests/test_evaluate.py",
     "tests/test_tasks_suite.py", "tests/test_hyper_parity.py", "tests/test_guard.py",
     "notebooks/10_stability_and_safeguards.ipynb", "notebooks/11_what_did_it_learn.ipynb",
     "notebooks/05_inside_velo.ipynb",
