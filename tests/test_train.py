@@ -89,7 +89,11 @@ def test_lr_sweep_rows_equal_single_runs_and_best_is_argmin():
     sweep = train.lr_sweep(task, optax.sgd, lrs, 40, KEY, eval_every=20)
     for i, lr in enumerate(lrs):
         single = train.fit(task, optax.sgd(lr), 40, KEY, eval_every=20)
-        np.testing.assert_allclose(sweep.train_loss[i], single.train_loss, rtol=2e-4, atol=1e-6)
+        # the same init and batches; the vmapped program may round differently, and at lr 10 the
+        # loss climbs from 2.4 to ~44 before it falls below 1, which carries a last-bit difference
+        # into the small late losses: the tolerance is relative to the run's largest loss
+        scale = np.abs(single.train_loss).max()
+        np.testing.assert_allclose(sweep.train_loss[i], single.train_loss, rtol=2e-4, atol=2e-5 * scale)
     assert sweep.best_index == int(np.argmin(sweep.final_loss))
     assert sweep.best_lr == pytest.approx(lrs[sweep.best_index])
     assert sweep.runs == 3
