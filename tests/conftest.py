@@ -35,7 +35,7 @@ if jax.default_backend() != "cpu":
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# The slowest files, measured with `pytest --durations=0` on the 2-core machine (each took 28-60 s
+# The slowest files, measured with `pytest --durations=0` on the 2-core machine (each took 25-60 s
 # there, with the shared cache). `make test` passes --no-loadscope-reorder and runs these first, so
 # that no xdist worker is handed one of them at the end while the other idles: xdist's default order
 # (files with the most tests first) put exactly these last, as each has few tests. The other files
