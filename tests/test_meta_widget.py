@@ -19,9 +19,8 @@ def test_es_explorer_callback_redraws_without_recompiling_sigma():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert explorer.values() == {"sigma": 0.05, "truncation": 10, "particles": 4}
     explorer.update(sigma=0.2)
-    # σ is traced: one function for (K, N), traced once, serves every σ
+    # σ is traced: one compiled function per (K, N) serves every σ (other tests may have built it already)
     assert widgets.es_spread.cache_info().misses - before <= 1
-    assert widgets.es_spread(10, 4, 128)._cache_size() == 1
 
 
 def test_es_explorer_estimates_show_bias_and_unbiasedness():
